@@ -131,7 +131,7 @@ resolve_config() {
   UP_TIMEOUT="${SANCTUM_UP_TIMEOUT:-60}"
   ETCD_FSYNC="${SANCTUM_ETCD_FSYNC:-0}"
   APISERVER_EXTRA_ARGS="${SANCTUM_APISERVER_EXTRA_ARGS:-}"
-  KCM_CONTROLLERS="${SANCTUM_KCM_CONTROLLERS:-garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,statefulset-controller,job-controller,cronjob-controller,endpoints-controller,endpointslice-controller,endpointslice-mirroring-controller,resourcequota-controller,disruption-controller,ttl-after-finished-controller,legacy-serviceaccount-token-cleaner-controller,validatingadmissionpolicy-status-controller}"
+  KCM_CONTROLLERS="${SANCTUM_KCM_CONTROLLERS:-garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,statefulset-controller,job-controller,cronjob-controller,endpoints-controller,endpointslice-controller,endpointslice-mirroring-controller,resourcequota-controller,disruption-controller,ttl-after-finished-controller,legacy-serviceaccount-token-cleaner-controller,validatingadmissionpolicy-status-controller,service-cidr-controller}"
   local v
   for v in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT UP_TIMEOUT LOG_V; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || die "SANCTUM_$v must be a number, got '${!v}'"

@@ -1,0 +1,15 @@
+//! What several Sanctum binaries share, written once: the header names, the default paths
+//! and ports of the design contract, the token claim types, the Anthropic-shaped error body,
+//! logging set-up and the small admin server (`/healthz`, `/readyz`, `/metrics`).
+
+pub mod admin;
+pub mod claims;
+pub mod defaults;
+pub mod error;
+pub mod headers;
+pub mod spiffe;
+pub mod telemetry;
+
+pub use claims::{SvidClaims, TransactionContext, TratClaims};
+pub use error::{ApiError, ErrorKind, Retry};
+pub use spiffe::SpiffeId;
