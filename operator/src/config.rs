@@ -1,0 +1,317 @@
+//! The operator's configuration file (`--config`, YAML): images, gateway, identity defaults,
+//! token signing, hardening knobs. Every field has a default so that an empty file (or none)
+//! gives a working operator; a field the operator does not know is an error, so a typo is
+//! never silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::crd::IdentitySource;
+use sanctum_common::defaults;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    /// The operator's own namespace: never injected into.
+    pub namespace: String,
+    pub images: Images,
+    pub gateway: Gateway,
+    pub identity: IdentityDefaults,
+    pub spiffe: Spiffe,
+    pub trat: Trat,
+    pub pod: PodSettings,
+    pub webhook: Webhook,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Images {
+    /// `sanctum-bridge` (also runs `write-trat`).
+    pub bridge: String,
+    /// `sanctum-forwarder`.
+    pub forwarder: String,
+    /// Clones a `git` source into `/repo` (needs `git`).
+    pub git: String,
+    pub pull_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Gateway {
+    /// URL the forwarder sends every request to.
+    pub url: String,
+    /// Where the gateway runs, for the NetworkPolicy's egress rule.
+    pub namespace: String,
+    /// Labels of the gateway pods, for the NetworkPolicy's egress rule.
+    pub pod_labels: BTreeMap<String, String>,
+    /// Port of the gateway pods the scanner may reach.
+    pub port: i32,
+    /// Alternatively (gateway outside the cluster): CIDRs the scanner may reach.
+    pub cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IdentityDefaults {
+    pub source: IdentitySource,
+    pub trust_domain: String,
+    pub audience: String,
+    /// Lifetime of a projected ServiceAccount token (the kubelet refreshes it at 80%).
+    pub token_expiration_seconds: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Spiffe {
+    /// CSI driver exposing the SPIRE agent's Workload API socket.
+    pub csi_driver: String,
+    /// Image of `fetch-jwt`; it runs as a native sidecar so the short-lived JWT-SVID is
+    /// refreshed for the whole run, not fetched once.
+    pub fetch_jwt_image: String,
+    pub fetch_jwt_command: Vec<String>,
+    pub fetch_jwt_args: Vec<String>,
+    /// spiffe-helper configuration (HCL) rendered per run into the run's Secret and mounted
+    /// only into `fetch-jwt`; `{socket}`, `{audience}`, `{jwt_dir}` are substituted.
+    pub helper_config: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Trat {
+    /// `iss` of the TraTs this operator mints.
+    pub issuer: String,
+    /// ES256 (P-256) private key, PEM (PKCS#8 or SEC1). Unset: an ephemeral key is
+    /// generated at start-up, and gateways cannot verify TraTs across operator restarts.
+    pub signing_key_file: Option<PathBuf>,
+    /// Added to the run's timeout to give the TraT's `exp`.
+    pub expiry_margin_seconds: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PodSettings {
+    /// UID and GID of the containers Sanctum injects.
+    pub run_as_user: i64,
+    /// Localhost seccomp profile (relative to the kubelet's seccomp dir); when unset,
+    /// `RuntimeDefault` (use that where the profile is not installed on the nodes).
+    pub seccomp_localhost_profile: Option<String>,
+    /// Size limit of the memory-backed token volumes.
+    pub token_volume_size: String,
+    /// Size limit of the writable `/tmp`.
+    pub tmp_size: String,
+    /// Priority class of scanner pods.
+    pub priority_class_name: Option<String>,
+    /// ServiceAccount of scanner pods (its API token is never mounted).
+    pub service_account_name: String,
+    /// CIDRs a `git` source may be cloned from (TCP 443). Empty by default: the design allows
+    /// egress only to the gateway and DNS, so a git clone needs this set explicitly.
+    pub git_egress_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Webhook {
+    /// URL of the token service `fetch-trat` calls from injected pods.
+    pub token_service_url: String,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "sanctum-system".into(),
+            images: Images::default(),
+            gateway: Gateway::default(),
+            identity: IdentityDefaults::default(),
+            spiffe: Spiffe::default(),
+            trat: Trat::default(),
+            pod: PodSettings::default(),
+            webhook: Webhook::default(),
+        }
+    }
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        let tag = env!("CARGO_PKG_VERSION");
+        Self {
+            bridge: format!("ghcr.io/sanctum-dev/sanctum-bridge:{tag}"),
+            forwarder: format!("ghcr.io/sanctum-dev/sanctum-forwarder:{tag}"),
+            git: "docker.io/alpine/git:2.47.2".into(),
+            pull_policy: None,
+        }
+    }
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self {
+            url: "http://sanctum-gateway.scan-infra.svc.cluster.local:8080".into(),
+            namespace: "scan-infra".into(),
+            pod_labels: BTreeMap::from([(
+                "app.kubernetes.io/name".to_owned(),
+                "sanctum-gateway".to_owned(),
+            )]),
+            port: 8080,
+            cidrs: Vec::new(),
+        }
+    }
+}
+
+impl Default for IdentityDefaults {
+    fn default() -> Self {
+        Self {
+            source: IdentitySource::Spiffe,
+            trust_domain: defaults::TRUST_DOMAIN.into(),
+            audience: defaults::GATEWAY_AUDIENCE.into(),
+            token_expiration_seconds: 3600,
+        }
+    }
+}
+
+impl Default for Spiffe {
+    fn default() -> Self {
+        Self {
+            csi_driver: "csi.spiffe.io".into(),
+            fetch_jwt_image: "ghcr.io/spiffe/spiffe-helper:0.10.1".into(),
+            fetch_jwt_command: Vec::new(),
+            fetch_jwt_args: vec!["-config".into(), "/etc/spiffe-helper/helper.conf".into()],
+            helper_config: concat!(
+                "agent_address = \"{socket}\"\n",
+                "cmd = \"\"\n",
+                "cmd_args = \"\"\n",
+                "cert_dir = \"{jwt_dir}\"\n",
+                "daemon_mode = true\n",
+                "jwt_svids = [{ jwt_audience = \"{audience}\", jwt_svid_file_name = \"jwt\" }]\n",
+            )
+            .into(),
+        }
+    }
+}
+
+impl Default for Trat {
+    fn default() -> Self {
+        Self {
+            issuer: "https://sanctum-operator.sanctum-system.svc".into(),
+            signing_key_file: None,
+            expiry_margin_seconds: 600,
+        }
+    }
+}
+
+impl Default for PodSettings {
+    fn default() -> Self {
+        Self {
+            run_as_user: 65532,
+            seccomp_localhost_profile: Some("sanctum/scanner.json".into()),
+            token_volume_size: "1Mi".into(),
+            tmp_size: "1Gi".into(),
+            priority_class_name: None,
+            service_account_name: "default".into(),
+            git_egress_cidrs: Vec::new(),
+        }
+    }
+}
+
+impl Default for Webhook {
+    fn default() -> Self {
+        Self { token_service_url: "https://sanctum-operator.sanctum-system.svc:8443".into() }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read operator config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("operator config {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: serde_yaml::Error },
+    #[error("operator config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl OperatorConfig {
+    /// Loads a config file; `None` gives the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(text)
+                .map_err(|source| ConfigError::Parse { path: path.into(), source })?
+        };
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.gateway.url.starts_with("http://") || self.gateway.url.starts_with("https://")) {
+            return Err(format!(
+                "gateway.url '{}' must be an http:// or https:// URL",
+                self.gateway.url
+            ));
+        }
+        if self.gateway.pod_labels.is_empty() && self.gateway.cidrs.is_empty() {
+            return Err("gateway needs podLabels or cidrs: the scanner's NetworkPolicy allows egress only there".into());
+        }
+        if self.pod.run_as_user <= 0 {
+            return Err("pod.runAsUser must be a non-root UID (> 0)".into());
+        }
+        if self.trat.expiry_margin_seconds < 0 {
+            return Err("trat.expiryMarginSeconds must not be negative".into());
+        }
+        if sanctum_common::SpiffeId::scanner(&self.identity.trust_domain, "x").is_err() {
+            return Err(format!(
+                "identity.trustDomain '{}' is not a valid SPIFFE trust domain",
+                self.identity.trust_domain
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(
+            OperatorConfig::parse("", Path::new("c.yaml")).unwrap(),
+            OperatorConfig::default()
+        );
+    }
+
+    #[test]
+    fn partial_file_overrides_one_field() {
+        let c = OperatorConfig::parse(
+            "gateway:\n  url: https://gw.example:8443\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.url, "https://gw.example:8443");
+        assert_eq!(c.gateway.namespace, "scan-infra");
+    }
+
+    #[test]
+    fn typo_is_an_error_naming_the_field() {
+        let err =
+            OperatorConfig::parse("gatway: {}\n", Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(err.contains("c.yaml") && err.contains("gatway"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = OperatorConfig::parse("pod:\n  runAsUser: 0\n", Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runAsUser"), "{err}");
+    }
+}
