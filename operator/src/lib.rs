@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod crd;
+pub mod inject;
 pub mod names;
 pub mod plan;
 pub mod tokens;

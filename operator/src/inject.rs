@@ -1,0 +1,606 @@
+//! The injection: what turns a pod into one that holds no credentials yet can call the LLM.
+//! It adds the token init containers (`fetch-jwt`, `write-trat`), the native sidecars
+//! (`sanctum-forwarder`, `sanctum-bridge`, with startup probes so the agent starts only once
+//! the bridge is ready, and a Job still completes when the agent exits), their volumes, the
+//! hardening of every injected container, and the agent environment.
+//!
+//! The ScannerRun pod builder and the admission webhook both call [`inject`], so the two
+//! can never drift. It is a pure function of the pod and an [`Injection`].
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{
+    CSIVolumeSource, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    HTTPGetAction, KeyToPath, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sanctum_common::defaults;
+use thiserror::Error;
+
+use crate::config::{OperatorConfig, PodSettings};
+use crate::names::*;
+
+/// Where the pod's JWT-SVID comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityMount {
+    /// SPIRE through the SPIFFE CSI driver: `fetch-jwt` (spiffe-helper, a native sidecar so
+    /// the short-lived SVID stays fresh) writes it, configured from `helper_config`.
+    Spiffe { helper_config: ConfigFile },
+    /// A projected, audience-bound ServiceAccount token that the kubelet rotates.
+    ServiceAccountToken { audience: String, expiration_seconds: i64 },
+}
+
+/// A file taken from a key of a Secret or ConfigMap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    Secret { name: String, key: String },
+    ConfigMap { name: String, key: String },
+}
+
+/// Where `write-trat` gets the transaction token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TratSource {
+    /// Copied from a key of a Secret (ScannerRuns, or `sanctum.dev/trat-secret`).
+    Secret { name: String, key: String },
+    /// Traded at the operator's token service for the pod's projected ServiceAccount token.
+    TokenService { url: String },
+}
+
+/// Which app containers get the agent environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Agents {
+    All,
+    Named(Vec<String>),
+}
+
+/// Everything [`inject`] needs besides the pod.
+#[derive(Debug, Clone)]
+pub struct Injection<'a> {
+    pub config: &'a OperatorConfig,
+    pub identity: IdentityMount,
+    pub trat: TratSource,
+    pub gateway_url: String,
+    pub agents: Agents,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum InjectError {
+    #[error("container name(s) {0} clash with the containers Sanctum injects; rename them")]
+    ContainerClash(String),
+    #[error("volume name(s) {0} clash with the volumes Sanctum injects; rename them")]
+    VolumeClash(String),
+    #[error(
+        "container '{container}' mounts {path}, where Sanctum keeps the pod's tokens; agent containers must not see them — remove that mount"
+    )]
+    MountClash { container: String, path: String },
+    #[error(
+        "container '{container}' declares port {port}, which the Sanctum sidecars use; choose another port"
+    )]
+    PortClash { container: String, port: i32 },
+    #[error("sanctum.dev/containers names '{0}', which is not a container of this pod")]
+    UnknownContainer(String),
+    #[error("the pod has no containers to inject into")]
+    NoContainers,
+}
+
+const SA_TOKEN_AUDIENCE: &str = "sanctum";
+const SA_TOKEN_DIR: &str = "/var/run/sanctum/sa";
+const RUN_SECRET_DIR: &str = "/var/run/sanctum/run-secret";
+const SPIRE_AGENT_DIR: &str = "/spiffe-workload-api";
+const HELPER_CONFIG_DIR: &str = "/etc/spiffe-helper";
+const VOLUME_SPIFFE_HELPER: &str = "sanctum-spiffe-helper";
+const VOLUME_SA_TOKEN: &str = "sanctum-sa-token";
+const INJECTED_CONTAINERS: [&str; 4] =
+    [CONTAINER_FETCH_JWT, CONTAINER_WRITE_TRAT, CONTAINER_FORWARDER, CONTAINER_BRIDGE];
+const INJECTED_VOLUMES: [&str; 6] = [
+    VOLUME_SAGE,
+    VOLUME_SPIFFE,
+    VOLUME_SPIRE_AGENT,
+    VOLUME_RUN_SECRET,
+    VOLUME_SPIFFE_HELPER,
+    VOLUME_SA_TOKEN,
+];
+/// Directories holding tokens: no agent container may mount anything there.
+const TOKEN_DIRS: [&str; 2] = [defaults::SAGE_DIR, defaults::JWT_DIR];
+const SIDECAR_PORTS: [i32; 3] = [
+    defaults::BRIDGE_PORT as i32,
+    defaults::BRIDGE_ADMIN_PORT as i32,
+    defaults::FORWARDER_ADMIN_PORT as i32,
+];
+
+/// Environment variables that would carry a real provider credential into the agent.
+pub const CREDENTIAL_ENV: [&str; 2] = ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"];
+
+/// The security context of every container Sanctum injects (and of every container of a
+/// ScannerRun pod): Pod Security Standards `restricted`, and then some.
+pub fn hardened(settings: &PodSettings) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(settings.run_as_user),
+        run_as_group: Some(settings.run_as_user),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        seccomp_profile: Some(seccomp(settings)),
+        ..Default::default()
+    }
+}
+
+pub fn seccomp(settings: &PodSettings) -> SeccompProfile {
+    match &settings.seccomp_localhost_profile {
+        Some(profile) => {
+            SeccompProfile { type_: "Localhost".into(), localhost_profile: Some(profile.clone()) }
+        }
+        None => SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None },
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+fn memory_dir(size: &str) -> EmptyDirVolumeSource {
+    EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(Quantity(size.into())) }
+}
+
+fn volume(name: &str) -> Volume {
+    Volume { name: name.into(), ..Default::default() }
+}
+
+fn sidecar_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some([("cpu".to_owned(), q("10m")), ("memory".to_owned(), q("16Mi"))].into()),
+        limits: Some([("memory".to_owned(), q("64Mi"))].into()),
+        ..Default::default()
+    }
+}
+
+fn http_probe(port: u16, path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    }
+}
+
+fn base_container(name: &str, image: &str, config: &OperatorConfig) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(image.into()),
+        image_pull_policy: config.images.pull_policy.clone(),
+        security_context: Some(hardened(&config.pod)),
+        resources: Some(sidecar_resources()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+fn config_file_volume(name: &str, file: &ConfigFile, path: &str) -> Volume {
+    let items =
+        |key: &str| Some(vec![KeyToPath { key: key.into(), path: path.into(), mode: None }]);
+    match file {
+        ConfigFile::Secret { name: secret, key } => Volume {
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: items(key),
+                // Only the one container that needs it mounts this volume; it runs as a
+                // non-root UID without fsGroup in injected pods, so the file must be readable.
+                default_mode: Some(0o444),
+                optional: Some(false),
+            }),
+            ..volume(name)
+        },
+        ConfigFile::ConfigMap { name: map, key } => Volume {
+            config_map: Some(k8s_openapi::api::core::v1::ConfigMapVolumeSource {
+                name: map.clone(),
+                items: items(key),
+                default_mode: Some(0o444),
+                optional: Some(false),
+            }),
+            ..volume(name)
+        },
+    }
+}
+
+fn projected_sa_token(name: &str, audience: &str, expiration: i64, path: &str) -> Volume {
+    Volume {
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o444),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(audience.into()),
+                    expiration_seconds: Some(expiration),
+                    path: path.into(),
+                }),
+                ..Default::default()
+            }]),
+        }),
+        ..volume(name)
+    }
+}
+
+/// Refuses pods whose names, mounts or ports would collide with what is injected.
+fn check_clashes(spec: &PodSpec) -> Result<(), InjectError> {
+    let app = spec.containers.iter();
+    let init = spec.init_containers.iter().flatten();
+    let clashing: BTreeSet<&str> = app
+        .clone()
+        .chain(init.clone())
+        .map(|c| c.name.as_str())
+        .filter(|n| INJECTED_CONTAINERS.contains(n))
+        .collect();
+    if !clashing.is_empty() {
+        return Err(InjectError::ContainerClash(join(&clashing)));
+    }
+    let clashing: BTreeSet<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .filter(|n| INJECTED_VOLUMES.contains(n))
+        .collect();
+    if !clashing.is_empty() {
+        return Err(InjectError::VolumeClash(join(&clashing)));
+    }
+    for c in app.chain(init) {
+        for m in c.volume_mounts.iter().flatten() {
+            let path = m.mount_path.trim_end_matches('/');
+            let touches = |dir: &str| {
+                path == dir
+                    || path.starts_with(&format!("{dir}/"))
+                    || dir.starts_with(&format!("{path}/"))
+            };
+            if TOKEN_DIRS.iter().any(|d| touches(d)) {
+                return Err(InjectError::MountClash {
+                    container: c.name.clone(),
+                    path: m.mount_path.clone(),
+                });
+            }
+        }
+        for p in c.ports.iter().flatten() {
+            if SIDECAR_PORTS.contains(&p.container_port) {
+                return Err(InjectError::PortClash {
+                    container: c.name.clone(),
+                    port: p.container_port,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(names: &BTreeSet<&str>) -> String {
+    names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+}
+
+/// Sets the agent environment: the bridge as the API, a worthless placeholder key, no
+/// non-essential traffic, and no real credential from `env` or `envFrom`.
+pub fn set_agent_env(container: &mut Container, model: Option<&str>) {
+    let envs = container.env.get_or_insert_with(Vec::new);
+    let ours = [
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_MODEL",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+        "DISABLE_AUTOUPDATER",
+    ];
+    envs.retain(|e| {
+        !ours.contains(&e.name.as_str()) || (e.name == "ANTHROPIC_MODEL" && model.is_none())
+    });
+    envs.push(env("ANTHROPIC_BASE_URL", format!("http://{}", defaults::BRIDGE_LISTEN)));
+    envs.push(env("ANTHROPIC_API_KEY", defaults::PLACEHOLDER_API_KEY));
+    // An explicit `env` entry wins over `envFrom`: an empty value hides any real token a
+    // Secret or ConfigMap would bring in.
+    if container.env_from.as_ref().is_some_and(|f| !f.is_empty()) {
+        envs.push(env("ANTHROPIC_AUTH_TOKEN", ""));
+    }
+    envs.push(env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+    envs.push(env("DISABLE_AUTOUPDATER", "1"));
+    if let Some(model) = model {
+        envs.push(env("ANTHROPIC_MODEL", model));
+    }
+}
+
+/// Injects Sanctum into `spec`. Fails, changing nothing, when the pod cannot take it.
+pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<(), InjectError> {
+    if spec.containers.is_empty() {
+        return Err(InjectError::NoContainers);
+    }
+    check_clashes(spec)?;
+    let agent_indexes: Vec<usize> = match &injection.agents {
+        Agents::All => (0..spec.containers.len()).collect(),
+        Agents::Named(names) => names
+            .iter()
+            .map(|n| {
+                spec.containers
+                    .iter()
+                    .position(|c| &c.name == n)
+                    .ok_or_else(|| InjectError::UnknownContainer(n.clone()))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+
+    let config = injection.config;
+    let pod = &config.pod;
+    let mut volumes =
+        vec![Volume { empty_dir: Some(memory_dir(&pod.token_volume_size)), ..volume(VOLUME_SAGE) }];
+    let mut init = Vec::new();
+
+    // The JWT-SVID.
+    match &injection.identity {
+        IdentityMount::Spiffe { helper_config } => {
+            volumes.push(Volume {
+                empty_dir: Some(memory_dir(&pod.token_volume_size)),
+                ..volume(VOLUME_SPIFFE)
+            });
+            volumes.push(Volume {
+                csi: Some(CSIVolumeSource {
+                    driver: config.spiffe.csi_driver.clone(),
+                    read_only: Some(true),
+                    ..Default::default()
+                }),
+                ..volume(VOLUME_SPIRE_AGENT)
+            });
+            volumes.push(config_file_volume(VOLUME_SPIFFE_HELPER, helper_config, "helper.conf"));
+            let spiffe = &config.spiffe;
+            init.push(Container {
+                command: (!spiffe.fetch_jwt_command.is_empty())
+                    .then(|| spiffe.fetch_jwt_command.clone()),
+                args: (!spiffe.fetch_jwt_args.is_empty()).then(|| spiffe.fetch_jwt_args.clone()),
+                // A native sidecar: spiffe-helper in daemon mode renews the JWT-SVID
+                // (minutes-lived) for as long as the pod runs.
+                restart_policy: Some("Always".into()),
+                volume_mounts: Some(vec![
+                    mount(VOLUME_SPIRE_AGENT, SPIRE_AGENT_DIR, true),
+                    mount(VOLUME_SPIFFE, defaults::JWT_DIR, false),
+                    mount(VOLUME_SPIFFE_HELPER, HELPER_CONFIG_DIR, true),
+                ]),
+                ..base_container(CONTAINER_FETCH_JWT, &spiffe.fetch_jwt_image, config)
+            });
+        }
+        IdentityMount::ServiceAccountToken { audience, expiration_seconds } => {
+            volumes.push(projected_sa_token(VOLUME_SPIFFE, audience, *expiration_seconds, "jwt"));
+        }
+    }
+
+    // The TraT.
+    let trat_out = format!("--out={}", defaults::TRAT_FILE);
+    let (trat_args, trat_mounts) = match &injection.trat {
+        TratSource::Secret { name, key } => {
+            volumes.push(config_file_volume(
+                VOLUME_RUN_SECRET,
+                &ConfigFile::Secret { name: name.clone(), key: key.clone() },
+                SECRET_KEY_TRAT,
+            ));
+            (
+                vec![
+                    "write-trat".into(),
+                    format!("--from={RUN_SECRET_DIR}/{SECRET_KEY_TRAT}"),
+                    trat_out,
+                ],
+                vec![mount(VOLUME_RUN_SECRET, RUN_SECRET_DIR, true)],
+            )
+        }
+        TratSource::TokenService { url } => {
+            volumes.push(projected_sa_token(VOLUME_SA_TOKEN, SA_TOKEN_AUDIENCE, 600, "token"));
+            (
+                vec![
+                    "fetch-trat".into(),
+                    format!("--token-service={url}"),
+                    format!("--sa-token-file={SA_TOKEN_DIR}/token"),
+                    trat_out,
+                ],
+                vec![mount(VOLUME_SA_TOKEN, SA_TOKEN_DIR, true)],
+            )
+        }
+    };
+    let mut write_trat_mounts = trat_mounts;
+    write_trat_mounts.push(mount(VOLUME_SAGE, defaults::SAGE_DIR, false));
+    init.push(Container {
+        command: Some(vec!["sanctum-bridge".into()]),
+        args: Some(trat_args),
+        volume_mounts: Some(write_trat_mounts),
+        ..base_container(CONTAINER_WRITE_TRAT, &config.images.bridge, config)
+    });
+
+    // The sidecars: forwarder first, so the bridge finds its socket when it starts.
+    init.push(Container {
+        command: Some(vec!["sanctum-forwarder".into()]),
+        args: Some(vec![
+            "forward".into(),
+            format!("--listen-socket={}", defaults::LLM_SOCKET),
+            format!("--upstream={}", injection.gateway_url),
+            format!("--admin-listen=0.0.0.0:{}", defaults::FORWARDER_ADMIN_PORT),
+        ]),
+        restart_policy: Some("Always".into()),
+        ports: Some(vec![ContainerPort {
+            name: Some("fwd-admin".into()),
+            container_port: i32::from(defaults::FORWARDER_ADMIN_PORT),
+            ..Default::default()
+        }]),
+        startup_probe: Some(http_probe(defaults::FORWARDER_ADMIN_PORT, "/healthz", 1, 60)),
+        liveness_probe: Some(http_probe(defaults::FORWARDER_ADMIN_PORT, "/healthz", 10, 3)),
+        volume_mounts: Some(vec![mount(VOLUME_SAGE, defaults::SAGE_DIR, false)]),
+        ..base_container(CONTAINER_FORWARDER, &config.images.forwarder, config)
+    });
+    init.push(Container {
+        command: Some(vec!["sanctum-bridge".into()]),
+        args: Some(vec![
+            format!("--listen={}", defaults::BRIDGE_LISTEN),
+            format!("--upstream-socket={}", defaults::LLM_SOCKET),
+            format!("--jwt-file={}", defaults::JWT_FILE),
+            format!("--trat-file={}", defaults::TRAT_FILE),
+            format!("--admin-listen=0.0.0.0:{}", defaults::BRIDGE_ADMIN_PORT),
+        ]),
+        restart_policy: Some("Always".into()),
+        ports: Some(vec![ContainerPort {
+            name: Some("bridge-admin".into()),
+            container_port: i32::from(defaults::BRIDGE_ADMIN_PORT),
+            ..Default::default()
+        }]),
+        // The agent starts only after this passes: socket reachable, both tokens valid.
+        startup_probe: Some(http_probe(defaults::BRIDGE_ADMIN_PORT, "/readyz", 1, 120)),
+        readiness_probe: Some(http_probe(defaults::BRIDGE_ADMIN_PORT, "/readyz", 5, 3)),
+        liveness_probe: Some(http_probe(defaults::BRIDGE_ADMIN_PORT, "/healthz", 10, 3)),
+        volume_mounts: Some(vec![
+            mount(VOLUME_SAGE, defaults::SAGE_DIR, false),
+            mount(VOLUME_SPIFFE, defaults::JWT_DIR, true),
+        ]),
+        ..base_container(CONTAINER_BRIDGE, &config.images.bridge, config)
+    });
+
+    for i in agent_indexes {
+        set_agent_env(&mut spec.containers[i], injection.model.as_deref());
+    }
+    // Ours run before the pod's own init containers, which may call the model too.
+    init.extend(spec.init_containers.take().unwrap_or_default());
+    spec.init_containers = Some(init);
+    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(containers: &[&str]) -> PodSpec {
+        PodSpec {
+            containers: containers
+                .iter()
+                .map(|n| Container {
+                    name: (*n).into(),
+                    image: Some("img".into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn injection(config: &OperatorConfig) -> Injection<'_> {
+        Injection {
+            config,
+            identity: IdentityMount::ServiceAccountToken {
+                audience: "sanctum-gateway".into(),
+                expiration_seconds: 3600,
+            },
+            trat: TratSource::TokenService { url: "https://op:8443".into() },
+            gateway_url: "http://gw:8080".into(),
+            agents: Agents::All,
+            model: Some("claude-sonnet-4-5".into()),
+        }
+    }
+
+    fn env_of<'a>(c: &'a Container, name: &str) -> Vec<&'a str> {
+        c.env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == name)
+            .map(|e| e.value.as_deref().unwrap_or(""))
+            .collect()
+    }
+
+    #[test]
+    fn replaces_real_keys_and_sets_agent_env() {
+        let config = OperatorConfig::default();
+        let mut spec = pod(&["agent"]);
+        spec.containers[0].env =
+            Some(vec![env("ANTHROPIC_API_KEY", "sk-ant-real"), env("KEEP", "1")]);
+        inject(&mut spec, &injection(&config)).unwrap();
+        let agent = &spec.containers[0];
+        assert_eq!(env_of(agent, "ANTHROPIC_API_KEY"), ["gateway-injected"]);
+        assert_eq!(env_of(agent, "ANTHROPIC_BASE_URL"), ["http://127.0.0.1:8082"]);
+        assert_eq!(env_of(agent, "ANTHROPIC_MODEL"), ["claude-sonnet-4-5"]);
+        assert_eq!(env_of(agent, "KEEP"), ["1"]);
+        assert!(env_of(agent, "ANTHROPIC_AUTH_TOKEN").is_empty());
+        let names: Vec<_> =
+            spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["write-trat", "sanctum-forwarder", "sanctum-bridge"]);
+    }
+
+    #[test]
+    fn env_from_secrets_are_shadowed() {
+        let config = OperatorConfig::default();
+        let mut spec = pod(&["agent"]);
+        spec.containers[0].env_from = Some(vec![Default::default()]);
+        inject(&mut spec, &injection(&config)).unwrap();
+        assert_eq!(env_of(&spec.containers[0], "ANTHROPIC_AUTH_TOKEN"), [""]);
+    }
+
+    #[test]
+    fn clashes_are_refused_by_name_and_change_nothing() {
+        let config = OperatorConfig::default();
+        let mut spec = pod(&["sanctum-bridge", "fetch-jwt"]);
+        let before = spec.clone();
+        let err = inject(&mut spec, &injection(&config)).unwrap_err();
+        assert_eq!(err, InjectError::ContainerClash("'fetch-jwt', 'sanctum-bridge'".into()));
+        assert_eq!(spec, before);
+
+        let mut spec = pod(&["a"]);
+        spec.volumes = Some(vec![volume(VOLUME_SAGE)]);
+        assert!(matches!(inject(&mut spec, &injection(&config)), Err(InjectError::VolumeClash(_))));
+
+        let mut spec = pod(&["a"]);
+        spec.containers[0].volume_mounts = Some(vec![mount("x", "/run", false)]);
+        assert!(matches!(
+            inject(&mut spec, &injection(&config)),
+            Err(InjectError::MountClash { .. })
+        ));
+
+        let mut spec = pod(&["a"]);
+        spec.containers[0].ports =
+            Some(vec![ContainerPort { container_port: 8082, ..Default::default() }]);
+        assert!(matches!(
+            inject(&mut spec, &injection(&config)),
+            Err(InjectError::PortClash { port: 8082, .. })
+        ));
+    }
+
+    #[test]
+    fn named_agents_only() {
+        let config = OperatorConfig::default();
+        let mut spec = pod(&["agent", "db"]);
+        let mut inj = injection(&config);
+        inj.agents = Agents::Named(vec!["agent".into()]);
+        inject(&mut spec, &inj).unwrap();
+        assert!(!env_of(&spec.containers[0], "ANTHROPIC_BASE_URL").is_empty());
+        assert!(env_of(&spec.containers[1], "ANTHROPIC_BASE_URL").is_empty());
+        inj.agents = Agents::Named(vec!["nope".into()]);
+        assert_eq!(
+            inject(&mut pod(&["a"]), &inj),
+            Err(InjectError::UnknownContainer("nope".into()))
+        );
+    }
+
+    #[test]
+    fn user_init_containers_run_after_ours() {
+        let config = OperatorConfig::default();
+        let mut spec = pod(&["agent"]);
+        spec.init_containers =
+            Some(vec![Container { name: "migrate".into(), ..Default::default() }]);
+        inject(&mut spec, &injection(&config)).unwrap();
+        assert_eq!(spec.init_containers.unwrap().last().unwrap().name, "migrate");
+    }
+}
