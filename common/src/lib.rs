@@ -7,6 +7,7 @@ pub mod claims;
 pub mod defaults;
 pub mod error;
 pub mod headers;
+pub mod proxy;
 pub mod spiffe;
 pub mod telemetry;
 

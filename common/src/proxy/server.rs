@@ -1,0 +1,220 @@
+//! [`serve`]: the accept loop shared by every proxy listener, TCP or Unix.
+//!
+//! Per connection: the raw bytes pass through the [`HeadGuard`] on their way into hyper's
+//! HTTP/1 parser; per request: the guard's verdict is checked (a refused head is answered
+//! with 400 and `Connection: close`, and never reaches the [`Handler`]), the handler runs,
+//! and the metrics count the status, the time to the response head and the request as in
+//! flight until its response body is finished or dropped.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use http::header::CONNECTION;
+use http::{HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::guard::HeadGuard;
+use crate::proxy::limits::Limits;
+use crate::proxy::metrics::ProxyMetrics;
+
+/// Turns one request into one response. Implement it with an `async fn`.
+///
+/// The request's body is hyper's [`Incoming`]: wrap it with `ProxyBody::from` to stream it
+/// on. Errors are answered, not returned: build them with [`ApiError::to_response`].
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send;
+}
+
+/// A listener [`serve`] can accept connections from.
+pub trait Listener: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<Self::Io> {
+        let (stream, _) = TcpListener::accept(self).await?;
+        // Small writes (SSE events) must leave at once, not wait for Nagle.
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Io> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+pin_project! {
+    /// A connection whose read side also feeds the head guard.
+    struct GuardedIo<T> {
+        #[pin]
+        inner: T,
+        guard: Arc<Mutex<HeadGuard>>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        ready!(this.inner.poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            this.guard.lock().unwrap_or_else(PoisonError::into_inner).feed(new);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+fn refuse(error: ApiError) -> Response<ProxyBody> {
+    let mut response: Response<ProxyBody> = error.to_response();
+    // After a framing problem nothing else on this connection can be trusted.
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+async fn one_request<H: Handler>(
+    handler: &H,
+    guard: &Mutex<HeadGuard>,
+    metrics: &ProxyMetrics,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let in_flight = metrics.start();
+    let verdict = guard.lock().unwrap_or_else(PoisonError::into_inner).next_verdict();
+    let response = match verdict {
+        Err(error) => {
+            tracing::warn!(%error, method = %req.method(), "refused an ambiguous request head");
+            refuse(ApiError::bad_request(format!(
+                "request refused before forwarding: {error}; send a well-formed HTTP/1.1 request"
+            )))
+        }
+        Ok(()) if req.method() == Method::CONNECT => refuse(
+            ApiError::new(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                crate::error::ErrorKind::InvalidRequestError,
+                "CONNECT is not supported: this is a reverse proxy; send requests to it directly",
+            )
+            .retry(crate::error::Retry::Never),
+        ),
+        Ok(()) => handler.handle(req).await,
+    };
+    metrics.record(response.status(), start.elapsed());
+    response.map(|body| body.track(in_flight))
+}
+
+/// Serves `handler` on `listener` until `shutdown` completes, then stops accepting and
+/// gives in-flight requests (streams included) [`Limits::grace_period`] to finish.
+pub async fn serve<L: Listener, H: Handler>(
+    listener: L,
+    handler: Arc<H>,
+    limits: Limits,
+    metrics: Arc<ProxyMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
+        .max_header_size(limits.max_header_bytes);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let io = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(io) => io,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let guard = Arc::new(Mutex::new(HeadGuard::new(limits.max_header_bytes)));
+        let io = TokioIo::new(GuardedIo { inner: io, guard: guard.clone() });
+        let (handler, metrics) = (handler.clone(), metrics.clone());
+        let service = service_fn(move |req| {
+            let (handler, guard, metrics) = (handler.clone(), guard.clone(), metrics.clone());
+            async move { Ok::<_, Infallible>(one_request(&*handler, &guard, &metrics, req).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(io, service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        grace_secs = limits.grace_period.as_secs(),
+        "shutting down: waiting for in-flight requests"
+    );
+    if tokio::time::timeout(limits.grace_period, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over: closing the remaining connections");
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (what Kubernetes and a terminal send).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::warn!("cannot install signal handlers; stop the process with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
