@@ -1,0 +1,64 @@
+//! The bridge's per-request work: drop every credential the client sent, add the pod's
+//! JWT-SVID and TraT as they are on disk now, and stream the request to the forwarder.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use sanctum_common::headers::{AUTHORIZATION, CLIENT_CREDENTIALS, TXN_TOKEN};
+use sanctum_common::proxy::hop::strip_hop_by_hop;
+use sanctum_common::proxy::{Handler, ProxyBody, UpstreamClient};
+
+use crate::tokens::TokenFile;
+
+/// What the bridge needs per request; shared by all connections.
+pub struct Bridge {
+    pub jwt: TokenFile,
+    pub trat: TokenFile,
+    pub client: UpstreamClient,
+    pub token_errors: [AtomicU64; 2],
+}
+
+impl Bridge {
+    pub fn new(jwt: TokenFile, trat: TokenFile, client: UpstreamClient) -> Arc<Self> {
+        Arc::new(Self { jwt, trat, client, token_errors: Default::default() })
+    }
+}
+
+const UPSTREAM_HINT: &str =
+    "check that the sanctum-forwarder sidecar is running and listening on this socket";
+
+impl Handler for Bridge {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        // Hop-by-hop first: a `Connection: txn-token` from the client must not be able to
+        // remove the headers added below.
+        strip_hop_by_hop(&mut parts.headers);
+        for name in CLIENT_CREDENTIALS {
+            // `remove` drops every value of the name, whatever case it arrived in.
+            parts.headers.remove(name);
+        }
+        for (i, file) in [&self.jwt, &self.trat].into_iter().enumerate() {
+            match file.current() {
+                Ok(value) => {
+                    let name = if i == 0 { AUTHORIZATION } else { TXN_TOKEN };
+                    parts.headers.insert(name, value);
+                }
+                Err(error) => {
+                    self.token_errors[i].fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "token file not usable; answering 503");
+                    return error.to_api_error().to_response();
+                }
+            }
+        }
+        let method = parts.method.clone();
+        match self.client.send(Request::from_parts(parts, ProxyBody::from(body))).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(%error, %method, "upstream failed; answering 502");
+                error.to_api_error(UPSTREAM_HINT).to_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! sanctum-standin: the stand-in Messages API provider as a process, for benchmarks and
+//! manual runs. Prints `listening on <address>` on standard output once it accepts.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sanctum_testkit::{Provider, ProviderConfig, Usage};
+
+/// A stand-in Anthropic Messages API on loopback or a Unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "sanctum-standin")]
+struct Cli {
+    /// Loopback TCP address, e.g. 127.0.0.1:18080.
+    #[arg(long, conflicts_with = "socket")]
+    listen: Option<std::net::SocketAddr>,
+    /// Unix socket path instead of TCP.
+    #[arg(long)]
+    socket: Option<std::path::PathBuf>,
+    /// Require a header, as 'name: value' (repeatable).
+    #[arg(long = "require-header")]
+    require: Vec<String>,
+    /// Refuse requests carrying this string in any header value (repeatable).
+    #[arg(long = "forbid-value")]
+    forbid: Vec<String>,
+    /// Content deltas per streamed answer.
+    #[arg(long, default_value_t = 4)]
+    deltas: usize,
+    /// Milliseconds between SSE events.
+    #[arg(long, default_value_t = 0)]
+    event_delay_ms: u64,
+    #[arg(long, default_value_t = 25)]
+    input_tokens: u64,
+    #[arg(long, default_value_t = 12)]
+    output_tokens: u64,
+    /// Keep no copy of requests (benchmarks).
+    #[arg(long)]
+    no_record: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut require = Vec::new();
+    for r in &cli.require {
+        let (name, value) = r.split_once(':').context("--require-header wants 'name: value'")?;
+        require.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let config = ProviderConfig {
+        require,
+        forbid_values: cli.forbid,
+        deltas: cli.deltas,
+        event_delay: Duration::from_millis(cli.event_delay_ms),
+        usage: Usage {
+            input_tokens: cli.input_tokens,
+            output_tokens: cli.output_tokens,
+            ..Usage::default()
+        },
+        record: !cli.no_record,
+        ..ProviderConfig::default()
+    };
+    let provider = match (&cli.socket, cli.listen) {
+        (Some(path), _) => Provider::start_unix(path, config)
+            .await
+            .with_context(|| format!("cannot listen on {}", path.display()))?,
+        (None, Some(addr)) => {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "the stand-in only listens on loopback addresses"
+            );
+            Provider::start_tcp(addr, config)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?
+        }
+        (None, None) => anyhow::bail!("give --listen 127.0.0.1:PORT or --socket PATH"),
+    };
+    match provider.address() {
+        sanctum_testkit::Address::Tcp(addr) => println!("listening on {addr}"),
+        sanctum_testkit::Address::Unix(path) => println!("listening on {}", path.display()),
+    }
+    sanctum_common::proxy::server::shutdown_signal().await;
+    Ok(())
+}
