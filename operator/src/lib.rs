@@ -3,8 +3,17 @@
 //! the controller that drives runs and reports them.
 
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod inject;
+pub mod metrics;
 pub mod names;
+pub mod netpol;
+pub mod objects;
 pub mod plan;
+pub mod pod;
+pub mod reconcile;
+pub mod render;
+pub mod revoked;
+pub mod status;
 pub mod tokens;

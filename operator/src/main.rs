@@ -1,1 +1,136 @@
-fn main() {}
+//! `sanctum-operator`: the ScannerRun controller, and the CLI around it.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use sanctum_common::telemetry::{self, LogFormat};
+use sanctum_operator::config::OperatorConfig;
+use sanctum_operator::{crd, render, tokens::Signer};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sanctum-operator",
+    version,
+    about = "Sanctum: AI coding agents on Kubernetes with no credentials in their pods"
+)]
+struct Cli {
+    /// Log format: auto (JSON unless standard error is a terminal), json or text.
+    #[arg(long, env = "SANCTUM_LOG_FORMAT", default_value = "auto", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller, token service and admin port in a cluster.
+    Run(sanctum_operator::controller::RunArgs),
+    /// Print the ScannerRun CRD (YAML).
+    Crd,
+    /// Print the objects the controller would create for each ScannerRun in FILE.
+    Render {
+        /// YAML file with ScannerRuns (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Operator config file.
+        #[arg(long, env = "SANCTUM_CONFIG")]
+        config: Option<PathBuf>,
+        /// TraT signing key (overrides the config's trat.signingKeyFile).
+        #[arg(long, env = "SANCTUM_SIGNING_KEY_FILE")]
+        signing_key_file: Option<PathBuf>,
+    },
+    /// Print the JWKS that verifies the operator's TraTs.
+    Jwks {
+        /// TraT signing key (ES256/P-256 PEM).
+        #[arg(long, env = "SANCTUM_SIGNING_KEY_FILE")]
+        signing_key_file: Option<PathBuf>,
+        /// Operator config file (its trat.signingKeyFile is used when no key is given).
+        #[arg(long, env = "SANCTUM_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a new ES256 (P-256) signing key in PKCS#8 PEM.
+    Keygen,
+}
+
+fn read_input(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+fn signer(key: Option<PathBuf>, config: &OperatorConfig) -> Result<Signer> {
+    let key = key.or_else(|| config.trat.signing_key_file.clone());
+    let signer = Signer::from_config(key.as_deref())?;
+    if signer.is_ephemeral() {
+        eprintln!(
+            "warning: no TraT signing key configured; using an ephemeral key that no gateway knows"
+        );
+    }
+    Ok(signer)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the chain of causes, outermost first.
+            let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
+            eprintln!("sanctum-operator: {}", chain.join(": "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            telemetry::init(cli.log_format);
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(sanctum_operator::controller::run(args))
+        }
+        Command::Crd => {
+            print!("{}", crd::crd_yaml()?);
+            Ok(())
+        }
+        Command::Render { file, config, signing_key_file } => {
+            let config = OperatorConfig::load(config.as_deref())?;
+            let signer = signer(signing_key_file, &config)?;
+            let text = read_input(&file)?;
+            let (out, skipped) = render::render(&text, &config, &signer, now())
+                .with_context(|| format!("cannot render {}", file.display()))?;
+            for s in skipped {
+                eprintln!("skipped {s} (not a sanctum.dev ScannerRun)");
+            }
+            print!("{out}");
+            Ok(())
+        }
+        Command::Jwks { signing_key_file, config } => {
+            let config = OperatorConfig::load(config.as_deref())?;
+            let key = signing_key_file.or(config.trat.signing_key_file);
+            let Some(key) = key else {
+                anyhow::bail!(
+                    "no signing key: pass --signing-key-file (an ephemeral key's JWKS would verify nothing)"
+                );
+            };
+            println!("{}", serde_json::to_string_pretty(&Signer::load(&key)?.jwks())?);
+            Ok(())
+        }
+        Command::Keygen => {
+            print!("{}", Signer::generate_pem()?);
+            Ok(())
+        }
+    }
+}

@@ -9,6 +9,13 @@ use crate::config::OperatorConfig;
 use crate::crd::{IdentitySource, ScannerRun};
 use crate::names;
 
+/// The repository, resolved: exactly one of the two sources.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RepoSource {
+    Git { url: String, revision: Option<String> },
+    Volume { claim_name: String, sub_path: Option<String> },
+}
+
 /// Everything the builders need about one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunPlan {
@@ -26,6 +33,7 @@ pub struct RunPlan {
     pub timeout_seconds: i64,
     pub org_id: String,
     pub repo: String,
+    pub source: RepoSource,
     pub pod_name: String,
     pub secret_name: String,
     pub network_policy_name: String,
@@ -133,9 +141,18 @@ impl RunPlan {
         }
         let namespace = run.metadata.namespace.clone().ok_or(PlanError::Metadata("namespace"))?;
         let uid = run.metadata.uid.clone().ok_or(PlanError::Metadata("uid"))?;
-        let repo = match (&spec.source.git, &spec.source.volume) {
-            (Some(git), None) => git.url.clone(),
-            (None, Some(volume)) => format!("pvc://{}/{}", namespace, volume.claim_name),
+        let (repo, source) = match (&spec.source.git, &spec.source.volume) {
+            (Some(git), None) => (
+                git.url.clone(),
+                RepoSource::Git { url: git.url.clone(), revision: git.revision.clone() },
+            ),
+            (None, Some(volume)) => (
+                format!("pvc://{}/{}", namespace, volume.claim_name),
+                RepoSource::Volume {
+                    claim_name: volume.claim_name.clone(),
+                    sub_path: volume.sub_path.clone(),
+                },
+            ),
             _ => return Err(PlanError::Source),
         };
         if !valid_image(&spec.image) {
@@ -179,6 +196,7 @@ impl RunPlan {
             timeout_seconds,
             org_id: spec.org_id.clone(),
             repo,
+            source,
         })
     }
 }

@@ -1,0 +1,425 @@
+//! The ScannerRun reconciler: create the run's objects once, then follow its pod and report
+//! phase, conditions, result and Events. Decisions are pure functions ([`next_status`]);
+//! [`reconcile`] is the thin shell that reads and writes the API.
+//!
+//! Choices worth knowing:
+//! - Objects are created once. The pod and the NetworkPolicy go through server-side apply
+//!   with the operator's field manager; the Secret is created (never re-minted), so the TraT
+//!   a pod copied stays the one the run's Secret holds.
+//! - A run never leaves a terminal phase, and its `txn` is revoked when it gets there.
+//! - A pod deleted from under a run that has not finished fails the run (`PodDeleted`)
+//!   instead of starting it again: a second agent run costs money and may repeat side
+//!   effects, so re-running is the user's decision (create a new ScannerRun).
+//! - A spec that cannot be built fails the run with a condition and an Event, and is not
+//!   retried: only a new ScannerRun can fix it (the spec is immutable).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use thiserror::Error;
+
+use crate::config::OperatorConfig;
+use crate::crd::{Phase, ScannerRun, ScannerRunStatus};
+use crate::metrics::Metrics;
+use crate::names::MANAGER;
+use crate::objects::{BuildError, build};
+use crate::plan::RunPlan;
+use crate::revoked::Revoked;
+use crate::status::{
+    self, FINISHED, Observation, PROVISIONED, RESULT_RECORDED, STARTED, set_condition,
+};
+use crate::tokens::{Signer, TokenError};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("ScannerRun has no {0}")]
+    Metadata(&'static str),
+}
+
+/// The signing key, reloaded from its file while it is missing (it may be mounted late).
+#[derive(Debug)]
+pub struct SignerSlot {
+    path: Option<PathBuf>,
+    current: RwLock<Option<Signer>>,
+}
+
+impl SignerSlot {
+    pub fn new(path: Option<PathBuf>, initial: Option<Signer>) -> Self {
+        Self { path, current: RwLock::new(initial) }
+    }
+
+    pub fn get(&self) -> Result<Signer, TokenError> {
+        if let Some(s) = self.current.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(s.clone());
+        }
+        let signer = Signer::from_config(self.path.as_deref())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(signer.clone());
+        Ok(signer)
+    }
+
+    pub fn loaded(&self) -> Option<Signer> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub signer: SignerSlot,
+    pub recorder: Recorder,
+    pub revoked: Arc<Revoked>,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per run, for exponential backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// The status after the run could not be built.
+pub fn failed_to_build(run: &ScannerRun, error: &BuildError, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    let message = error.to_string();
+    set_condition(
+        &mut status.conditions,
+        condition(PROVISIONED, false, error.reason(), &message, generation, now),
+    );
+    set_condition(
+        &mut status.conditions,
+        condition(FINISHED, true, error.reason(), &message, generation, now),
+    );
+    status.phase = Some(Phase::Failed);
+    status.message = Some(message);
+    status.observed_generation = generation;
+    status.completion_time = Some(now.clone());
+    status
+}
+
+/// The status right after the run's objects were created.
+pub fn provisioned(run: &ScannerRun, plan: &RunPlan, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    let message = format!(
+        "created pod {}, Secret {} and NetworkPolicy {}",
+        plan.pod_name, plan.secret_name, plan.network_policy_name
+    );
+    set_condition(
+        &mut status.conditions,
+        condition(PROVISIONED, true, "Created", &message, generation, now),
+    );
+    status.phase = Some(Phase::Pending);
+    status.pod_name = Some(plan.pod_name.clone());
+    status.message = Some(message);
+    status.observed_generation = generation;
+    status
+}
+
+/// The status after the pod vanished under an unfinished run.
+pub fn pod_deleted(run: &ScannerRun, pod_name: &str, now: &Time) -> ScannerRunStatus {
+    let obs = Observation {
+        phase: Phase::Failed,
+        reason: "PodDeleted".into(),
+        message: format!(
+            "pod {pod_name} was deleted before the run finished; create a new ScannerRun to run again"
+        ),
+        start_time: None,
+        completion_time: Some(now.clone()),
+        result: None,
+    };
+    next_status(run, obs, now)
+}
+
+/// Folds one observation of the pod into the run's status.
+pub fn next_status(run: &ScannerRun, obs: Observation, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    status.observed_generation = generation;
+    status.phase = Some(obs.phase);
+    status.message = Some(obs.message.clone());
+    if status.start_time.is_none() {
+        status.start_time = obs.start_time.clone();
+    }
+    let started = matches!(obs.phase, Phase::Running)
+        || (obs.phase.is_terminal() && status.start_time.is_some());
+    if started {
+        set_condition(
+            &mut status.conditions,
+            condition(STARTED, true, "Started", "the scanner container started", generation, now),
+        );
+    }
+    if obs.phase.is_terminal() {
+        status.completion_time = Some(obs.completion_time.clone().unwrap_or_else(|| now.clone()));
+        let ok = obs.phase == Phase::Succeeded;
+        // `Finished` is True once the run is over; its reason says how it ended.
+        set_condition(
+            &mut status.conditions,
+            condition(FINISHED, true, &obs.reason, &obs.message, generation, now),
+        );
+        match &obs.result {
+            Some(Ok(result)) => {
+                status.findings = Some(result.findings.summary());
+                status.result = Some(result.clone());
+                set_condition(
+                    &mut status.conditions,
+                    condition(
+                        RESULT_RECORDED,
+                        true,
+                        "Recorded",
+                        "the scanner's summary is in status.result",
+                        generation,
+                        now,
+                    ),
+                );
+            }
+            Some(Err(e)) => {
+                set_condition(
+                    &mut status.conditions,
+                    condition(RESULT_RECORDED, false, e.reason(), &e.message(), generation, now),
+                );
+            }
+            None => {}
+        }
+        let _ = ok;
+    }
+    status
+}
+
+async fn publish(ctx: &Context, run: &ScannerRun, warning: bool, reason: &str, note: &str) {
+    let event = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
+        // Events are best effort: a lost Event must not fail the run.
+        tracing::warn!(%error, run = %run.name_any(), "cannot publish Event");
+    }
+}
+
+async fn write_status(
+    api: &Api<ScannerRun>,
+    name: &str,
+    status: &ScannerRunStatus,
+) -> Result<(), Error> {
+    let patch =
+        json!({"apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun", "status": status});
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+/// Revokes the run's `txn` (its UID) until its TraT would have expired anyway.
+fn revoke(run: &ScannerRun, ctx: &Context) {
+    let Some(uid) = run.metadata.uid.as_deref() else { return };
+    let created = run
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or_else(now_secs, |t| u64::try_from(t.0.as_second()).unwrap_or(0));
+    let lifetime =
+        u64::try_from(run.timeout_seconds().saturating_add(ctx.config.trat.expiry_margin_seconds))
+            .unwrap_or(0);
+    // The TraT is minted after creation; a day of slack keeps the entry until it is dead.
+    if ctx.revoked.revoke(uid, created.saturating_add(lifetime).saturating_add(86_400)) {
+        tracing::info!(run = %run.name_any(), txn = uid, "revoked the run's transaction token");
+    }
+}
+
+pub async fn reconcile(run: Arc<ScannerRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&run, &ctx).await;
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(&run));
+    }
+    result
+}
+
+fn key(run: &ScannerRun) -> String {
+    format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any())
+}
+
+async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Error> {
+    let name = run.metadata.name.clone().ok_or(Error::Metadata("name"))?;
+    let namespace = run.metadata.namespace.clone().ok_or(Error::Metadata("namespace"))?;
+    if run.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the pod, Secret and policy.
+        revoke(run, ctx);
+        return Ok(Action::await_change());
+    }
+    if run.phase().is_some_and(Phase::is_terminal) {
+        revoke(run, ctx);
+        return Ok(Action::await_change());
+    }
+    let runs: Api<ScannerRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+
+    let plan = match RunPlan::new(run, &ctx.config) {
+        Ok(plan) => plan,
+        Err(e) => return fail_build(run, ctx, &runs, &name, BuildError::Plan(e), &now).await,
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pod = pods.get_opt(&plan.pod_name).await?;
+
+    let Some(pod) = pod else {
+        if let Some(pod_name) = run.status.as_ref().and_then(|s| s.pod_name.clone()) {
+            let status = pod_deleted(run, &pod_name, &now);
+            write_status(&runs, &name, &status).await?;
+            ctx.metrics.transition("Failed", "PodDeleted");
+            publish(ctx, run, true, "PodDeleted", status.message.as_deref().unwrap_or_default())
+                .await;
+            revoke(run, ctx);
+            return Ok(Action::await_change());
+        }
+        return create(run, ctx, &runs, &name, &plan, &now).await;
+    };
+
+    let ours = pod
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == run.metadata.uid.as_ref() && o.controller == Some(true));
+    if !ours {
+        let error = format!(
+            "pod {} exists and is not owned by this ScannerRun; delete that pod or create the run under another name",
+            plan.pod_name
+        );
+        let mut status = run.status.clone().unwrap_or_default();
+        set_condition(
+            &mut status.conditions,
+            condition(PROVISIONED, false, "PodConflict", &error, run.metadata.generation, &now),
+        );
+        set_condition(
+            &mut status.conditions,
+            condition(FINISHED, true, "PodConflict", &error, run.metadata.generation, &now),
+        );
+        status.phase = Some(Phase::Failed);
+        status.message = Some(error.clone());
+        status.completion_time = Some(now.clone());
+        write_status(&runs, &name, &status).await?;
+        ctx.metrics.transition("Failed", "PodConflict");
+        publish(ctx, run, true, "PodConflict", &error).await;
+        return Ok(Action::await_change());
+    }
+
+    let obs = status::observe(&pod);
+    let old = run.status.clone().unwrap_or_default();
+    let (phase, reason, message) = (obs.phase, obs.reason.clone(), obs.message.clone());
+    let status = next_status(run, obs, &now);
+    if status != old {
+        write_status(&runs, &name, &status).await?;
+    }
+    if old.phase != Some(phase) {
+        ctx.metrics.transition(&format!("{phase:?}"), &reason);
+        publish(ctx, run, phase == Phase::Failed, &reason, &message).await;
+        if let Some(cond) =
+            status.conditions.iter().find(|c| c.type_ == RESULT_RECORDED && c.status == "False")
+        {
+            publish(ctx, run, true, &cond.reason, &cond.message).await;
+        }
+    }
+    if phase.is_terminal() {
+        revoke(run, ctx);
+    }
+    Ok(Action::await_change())
+}
+
+async fn fail_build(
+    run: &ScannerRun,
+    ctx: &Context,
+    runs: &Api<ScannerRun>,
+    name: &str,
+    error: BuildError,
+    now: &Time,
+) -> Result<Action, Error> {
+    tracing::warn!(run = name, reason = error.reason(), %error, "ScannerRun cannot be built");
+    let status = failed_to_build(run, &error, now);
+    write_status(runs, name, &status).await?;
+    ctx.metrics.transition("Failed", error.reason());
+    publish(ctx, run, true, error.reason(), &error.to_string()).await;
+    Ok(Action::await_change())
+}
+
+async fn create(
+    run: &ScannerRun,
+    ctx: &Context,
+    runs: &Api<ScannerRun>,
+    name: &str,
+    plan: &RunPlan,
+    now: &Time,
+) -> Result<Action, Error> {
+    let signer = match ctx.signer.get() {
+        Ok(signer) => signer,
+        Err(e) => return fail_build(run, ctx, runs, name, BuildError::Token(e), now).await,
+    };
+    let objects = match build(run, &ctx.config, &signer, now_secs()) {
+        Ok(objects) => objects,
+        Err(e) => return fail_build(run, ctx, runs, name, e, now).await,
+    };
+    let apply = PatchParams::apply(MANAGER).force();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &plan.namespace);
+    let create = PostParams { dry_run: false, field_manager: Some(MANAGER.into()) };
+    match secrets.create(&create, &objects.secret).await {
+        Ok(_) => {}
+        // Created by an earlier pass that failed later: keep the token it holds.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    // The policy before the pod, so the pod never runs unfenced.
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &plan.namespace);
+    policies
+        .patch(&plan.network_policy_name, &apply, &Patch::Apply(&objects.network_policy))
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &plan.namespace);
+    pods.patch(&plan.pod_name, &apply, &Patch::Apply(&objects.pod)).await?;
+
+    let status = provisioned(run, plan, now);
+    write_status(runs, name, &status).await?;
+    ctx.metrics.transition("Pending", "Created");
+    publish(ctx, run, false, "Created", status.message.as_deref().unwrap_or_default()).await;
+    tracing::info!(run = name, namespace = %plan.namespace, pod = %plan.pod_name, "created the run's objects");
+    Ok(Action::await_change())
+}
+
+/// Retries with exponential backoff (1 s, 2 s, … up to 5 min) per run: an API outage is
+/// ridden out without a hot loop.
+pub fn error_policy(run: Arc<ScannerRun>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let n = failures.entry(key(&run)).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
+    tracing::warn!(run = %key(&run), %error, retry_in_secs = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
