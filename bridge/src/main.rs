@@ -119,13 +119,14 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e} (--allow-non-loopback)"))?;
     let admin_listener = admin::bind(args.admin_listen, "--admin-listen").await?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(args.admin_listen);
     let admin_state =
         Arc::new(admin_state::Admin { bridge: bridge.clone(), metrics: metrics.clone() });
     tokio::spawn(admin::serve(admin_listener, admin_state, std::future::pending()));
 
     tracing::info!(
         listen = %listener.local_addr().map_or(args.listen, |a| a),
-        admin = %args.admin_listen,
+        admin = %admin_addr,
         upstream_socket = %args.upstream_socket,
         jwt_file = %args.jwt_file,
         trat_file = %args.trat_file,
