@@ -102,10 +102,6 @@ pub async fn open(path: Option<PathBuf>) -> std::io::Result<AuditLog> {
 }
 
 impl AuditLog {
-    pub fn off() -> Self {
-        AuditLog { sink: Sink::Off, dropped: AtomicU64::new(0) }
-    }
-
     pub fn write(&self, record: &AuditRecord) {
         let Sink::Channel(tx) = &self.sink else {
             return;

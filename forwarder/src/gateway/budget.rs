@@ -57,6 +57,7 @@ impl RunBudget {
         self.reservations.values().map(|(n, _)| *n).sum()
     }
 
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.reservations.len()
     }

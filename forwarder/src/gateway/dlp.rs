@@ -339,14 +339,8 @@ mod tests {
             ("gcp-api-key", format!("AIza{}", alnum(35)), format!("AIza{}", alnum(34))),
             (
                 "gcp-service-account-key",
-                format!(
-                    "\\\"private_key_id\\\": \\\"{}\\\"",
-                    "0123456789abcdef".repeat(3)[..40].to_string()
-                ),
-                format!(
-                    "\\\"private_key_id\\\": \\\"{}\\\"",
-                    "0123456789abcdef".repeat(3)[..39].to_string()
-                ),
+                format!("\\\"private_key_id\\\": \\\"{}\\\"", &"0123456789abcdef".repeat(3)[..40]),
+                format!("\\\"private_key_id\\\": \\\"{}\\\"", &"0123456789abcdef".repeat(3)[..39]),
             ),
             ("google-oauth-token", format!("ya29.{}", alnum(40)), format!("ya29.{}", alnum(10))),
             ("github-token", format!("ghp_{}", alnum(36)), format!("ghp_{}", alnum(35))),

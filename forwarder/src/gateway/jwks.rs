@@ -166,6 +166,7 @@ impl KeySet {
         self.keys.len()
     }
 
+    #[cfg(test)]
     pub fn contains(&self, kid: &str) -> bool {
         self.keys.contains_key(kid)
     }

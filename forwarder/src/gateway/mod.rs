@@ -1,7 +1,9 @@
-//! `gateway` mode: the central gateway.
+//! `gateway` mode: the central gateway. It checks the JWT-SVID (who is calling) and the TraT
+//! (what that caller's run may do), scans the body for secrets, holds the run to its token
+//! budget and request rate, adds the org's provider key, and writes one audit line per call.
+//!
+//! One concept per module; `server` is the thin shell that wires them together.
 
-// Pure checks, one concept each; the server shell wires them together.
-#![allow(dead_code)]
 pub mod audit;
 pub mod budget;
 pub mod dlp;
@@ -9,25 +11,319 @@ pub mod jwks;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
+pub mod reject;
 pub mod revocation;
+pub mod server;
+pub mod sources;
 pub mod state;
 pub mod svid;
+pub mod tls;
 pub mod tokencache;
 pub mod trat;
 pub mod usage;
 
-use clap::Args as ClapArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Args as ClapArgs;
+use http_body_util::Full;
+use sanctum_common::proxy::{Limits, ProxyMetrics, Upstream, UpstreamClient};
+use sanctum_common::telemetry::{self, LogFormat};
+use sanctum_common::{admin, defaults};
+
+use self::dlp::{DlpAction, Scanner};
+use self::keys::ProviderKeys;
+use self::ratelimit::RateLimit;
+use self::server::{Gateway, Settings};
+use self::sources::{Fetcher, JwksSource, Origin, Revocations};
+use self::state::State;
+use self::svid::{SubjectPattern, SvidPolicy};
+use self::trat::TratPolicy;
+
+/// The command line of `sanctum-forwarder gateway` (boxed: it is large, and the mode enum
+/// should not be).
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "SANCTUM_LISTEN")]
-    pub listen: String,
-    /// Provider URL.
-    #[arg(long, env = "SANCTUM_UPSTREAM")]
-    pub upstream: String,
+    #[command(flatten)]
+    pub opts: Box<Options>,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("gateway mode is not implemented yet")
+#[derive(ClapArgs, Debug)]
+pub struct Options {
+    /// Address to listen on (all interfaces, e.g. 0.0.0.0:8443: the gateway is a Service).
+    #[arg(long, env = "SANCTUM_LISTEN")]
+    pub listen: SocketAddr,
+    /// Provider base URL, e.g. https://api.anthropic.com.
+    #[arg(long, env = "SANCTUM_UPSTREAM")]
+    pub upstream: String,
+    /// JWKS that verifies JWT-SVIDs: a file (reloaded on change) or a URL (a JWKS, or an OIDC
+    /// issuer's discovery document: SPIRE OIDC provider, Kubernetes service-account issuer).
+    #[arg(long, env = "SANCTUM_SVID_JWKS")]
+    pub svid_jwks: String,
+    /// JWKS that verifies TraTs (the operator's, e.g. http://OPERATOR:8080/.well-known/jwks.json).
+    #[arg(long, env = "SANCTUM_TRAT_JWKS")]
+    pub trat_jwks: String,
+    /// Directory with one file per org, `DIR/<org_id>`, holding that org's provider key.
+    #[arg(long, env = "SANCTUM_KEYS_DIR")]
+    pub keys_dir: PathBuf,
+    /// SPIFFE trust domain of the scanners (sets the default --allowed-sub).
+    #[arg(long, env = "SANCTUM_TRUST_DOMAIN", default_value = defaults::TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Audience both tokens must name.
+    #[arg(long, env = "SANCTUM_AUDIENCE", default_value = defaults::GATEWAY_AUDIENCE)]
+    pub audience: String,
+    /// Serve TLS with this certificate chain (PEM; reloaded when it changes).
+    #[arg(long, env = "SANCTUM_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (PEM).
+    #[arg(long, env = "SANCTUM_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Append one JSON line per request here ('-' for standard output).
+    #[arg(long, env = "SANCTUM_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Budget and rate state: 'memory' (one replica) or redis://HOST:PORT[/DB] (several).
+    #[arg(long, env = "SANCTUM_STATE", default_value = "memory")]
+    pub state: String,
+    /// The operator's revoked-run list, e.g. http://OPERATOR:8080/revoked. Without it no
+    /// revocation is enforced (tokens still expire).
+    #[arg(long, env = "SANCTUM_REVOKED_URL")]
+    pub revoked_url: Option<String>,
+    /// Health, readiness and metrics address.
+    #[arg(long, env = "SANCTUM_ADMIN_LISTEN", default_value = "0.0.0.0:9083")]
+    pub admin_listen: SocketAddr,
+
+    /// JWT-SVID subjects allowed; '*' matches one path segment. Repeat or comma-separate.
+    /// Default: spiffe://<trust-domain>/scanner/*. For ServiceAccount-token identities add
+    /// e.g. 'system:serviceaccount:scan-run:*'.
+    #[arg(long, env = "SANCTUM_ALLOWED_SUB", value_delimiter = ',')]
+    pub allowed_sub: Vec<String>,
+    /// Required TraT issuer (`iss`); any issuer whose key is in --trat-jwks when unset.
+    #[arg(long, env = "SANCTUM_TRAT_ISSUER")]
+    pub trat_issuer: Option<String>,
+    /// Clock skew tolerated on exp/nbf, in seconds.
+    #[arg(long, env = "SANCTUM_CLOCK_SKEW_SECS", default_value_t = 30)]
+    pub clock_skew_secs: u64,
+    /// Token budget of a run whose TraT sets no tctx.budget_tokens.
+    #[arg(long, env = "SANCTUM_DEFAULT_BUDGET_TOKENS", default_value_t = 2_000_000)]
+    pub default_budget_tokens: u64,
+    /// Requests per minute per run (0: no limit).
+    #[arg(long, env = "SANCTUM_RATE_LIMIT_PER_MINUTE", default_value_t = 120)]
+    pub rate_limit_per_minute: u32,
+    /// Requests a run may send at once above its rate.
+    #[arg(long, env = "SANCTUM_RATE_LIMIT_BURST", default_value_t = 20)]
+    pub rate_limit_burst: u32,
+    /// DLP rules file (YAML or JSON) amending the built-in rules.
+    #[arg(long, env = "SANCTUM_DLP_RULES")]
+    pub dlp_rules: Option<PathBuf>,
+    /// What a DLP match does unless its rule says: block (400) or redact.
+    #[arg(long, env = "SANCTUM_DLP_ACTION", default_value = "block")]
+    pub dlp_action: DlpAction,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SANCTUM_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Extra CA certificates (PEM) for the provider, JWKS and revoked-list URLs.
+    #[arg(long, env = "SANCTUM_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds between polls of --revoked-url.
+    #[arg(long, env = "SANCTUM_REVOKED_POLL_SECS", default_value_t = 5)]
+    pub revoked_poll_secs: u64,
+    /// Refuse requests (503) when the revoked list is older than this many seconds.
+    #[arg(long, env = "SANCTUM_REVOKED_MAX_AGE_SECS", default_value_t = 60)]
+    pub revoked_max_age_secs: u64,
+    /// Seconds between refreshes of a JWKS URL (files are checked every 2 s).
+    #[arg(long, env = "SANCTUM_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwks_refresh_secs: u64,
+    /// Seconds a budget reservation lives if its request never settles (gateway crash).
+    #[arg(long, env = "SANCTUM_RESERVATION_TTL_SECS", default_value_t = 900)]
+    pub reservation_ttl_secs: u64,
+    /// Log format: auto, json or text.
+    #[arg(long, env = "SANCTUM_LOG_FORMAT", default_value = "auto")]
+    pub log_format: LogFormat,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let args = *args.opts;
+    telemetry::init(args.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(main(args))
+}
+
+struct Admin(Arc<Gateway>);
+
+impl admin::AdminState for Admin {
+    async fn ready(&self) -> Result<(), String> {
+        let gw = &self.0;
+        for source in [&gw.svid_jwks, &gw.trat_jwks] {
+            if source.current().is_none() {
+                let why = source.last_error.read().unwrap_or_else(|e| e.into_inner()).clone();
+                return Err(format!(
+                    "{} JWKS not loaded ({})",
+                    source.name,
+                    why.unwrap_or_else(|| "not yet".into())
+                ));
+            }
+        }
+        if let sources::RevocationStatus::Unknown(why) = gw.revocations.status("") {
+            return Err(format!("revoked list not fresh ({why})"));
+        }
+        if !gw.keys.dir().is_dir() {
+            return Err(format!("--keys-dir {} is not a directory", gw.keys.dir().display()));
+        }
+        gw.state.ping().await.map_err(|e| e.to_string())
+    }
+
+    fn metrics(&self, out: &mut String) {
+        let gw = &self.0;
+        gw.metrics.render(out);
+        gw.proxy_metrics.render(out);
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP sanctum_gateway_revoked_txns Revoked runs in the current list.\n\
+             # TYPE sanctum_gateway_revoked_txns gauge\nsanctum_gateway_revoked_txns {}",
+            gw.revocations.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sanctum_gateway_audit_dropped_total Audit lines dropped (queue full).\n\
+             # TYPE sanctum_gateway_audit_dropped_total counter\nsanctum_gateway_audit_dropped_total {}",
+            gw.audit.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    fn route(&self, _path: &str) -> Option<http::Response<Full<Bytes>>> {
+        None
+    }
+}
+
+async fn main(args: Options) -> anyhow::Result<()> {
+    let allowed = if args.allowed_sub.is_empty() {
+        vec![SubjectPattern::scanners(&args.trust_domain)]
+    } else {
+        args.allowed_sub
+            .iter()
+            .map(|p| SubjectPattern::new(p.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?
+    };
+    let rules = match &args.dlp_rules {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --dlp-rules {}", path.display()))?;
+            Some(Scanner::parse_file(&text).with_context(|| format!("in {}", path.display()))?)
+        }
+        None => None,
+    };
+    let dlp = Scanner::new(args.dlp_action, rules.as_ref())?;
+    let state = State::from_url(&args.state)?;
+    let limits = Limits::default();
+    let proxy_metrics = Arc::new(ProxyMetrics::new("sanctum_gateway_proxy"));
+    let mut upstream = Upstream::url(&args.upstream).context("invalid --upstream")?;
+    if let Some(ca) = &args.ca_file {
+        upstream = upstream.with_ca_file(ca);
+    }
+    let client = UpstreamClient::new(upstream, &limits, proxy_metrics.clone())?;
+    let fetcher = Arc::new(Fetcher::new(args.ca_file.clone()));
+    let svid_jwks = Arc::new(JwksSource::new("svid", Origin::parse(&args.svid_jwks)));
+    let trat_jwks = Arc::new(JwksSource::new("trat", Origin::parse(&args.trat_jwks)));
+    let revocations = Arc::new(Revocations::new(
+        args.revoked_url.clone(),
+        Duration::from_secs(args.revoked_max_age_secs.max(1)),
+    ));
+    // First loads before serving, so the first requests do not all fail; failures here are
+    // not fatal (the sources keep retrying, and /readyz says what is missing).
+    tokio::join!(
+        svid_jwks.refresh(&fetcher),
+        trat_jwks.refresh(&fetcher),
+        revocations.poll_once(&fetcher)
+    );
+    let jwks_every = Duration::from_secs(args.jwks_refresh_secs.max(5));
+    svid_jwks.spawn_refresher(fetcher.clone(), Duration::from_secs(2), jwks_every);
+    trat_jwks.spawn_refresher(fetcher.clone(), Duration::from_secs(2), jwks_every);
+    revocations.spawn_poller(fetcher.clone(), Duration::from_secs(args.revoked_poll_secs.max(1)));
+    if args.revoked_url.is_none() {
+        tracing::warn!("no --revoked-url: ended runs stay usable until their TraT expires");
+    }
+
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let reloading = Arc::new(tls::ReloadingCert::new(cert.clone(), key.clone())?);
+            reloading.spawn_watcher(Duration::from_secs(5));
+            Some(tls::acceptor(reloading)?)
+        }
+        _ => None,
+    };
+    let audit = audit::open(args.audit_log.clone()).await?;
+    let settings = Settings {
+        svid: SvidPolicy { audience: args.audience.clone(), leeway: args.clock_skew_secs, allowed },
+        trat: TratPolicy {
+            audience: args.audience.clone(),
+            issuer: args.trat_issuer.clone(),
+            scope: defaults::SCOPE_LLM_MESSAGES.to_owned(),
+            leeway: args.clock_skew_secs,
+        },
+        default_budget: args.default_budget_tokens,
+        max_body: args.max_body_bytes,
+        reservation_ttl: args.reservation_ttl_secs.max(60),
+        rate: RateLimit::per_minute(args.rate_limit_per_minute, args.rate_limit_burst),
+    };
+    let gw = Arc::new(Gateway::new(
+        settings,
+        svid_jwks,
+        trat_jwks,
+        fetcher,
+        revocations,
+        ProviderKeys::new(&args.keys_dir, Duration::from_secs(1)),
+        dlp,
+        state,
+        audit,
+        proxy_metrics,
+        client,
+    ));
+    {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let now = server::now_unix();
+                gw.state.prune(now);
+                gw.metrics.prune(now);
+            }
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; choose another --listen", args.listen))?;
+    let admin_listener = admin::bind(args.admin_listen, "--admin-listen").await?;
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = tls.is_some(),
+        state = gw.state.kind(),
+        upstream = %args.upstream,
+        "sanctum gateway serving"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::new(Admin(gw.clone())), {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    }));
+    server::serve(gw, listener, tls, limits, async {
+        sanctum_common::proxy::server::shutdown_signal().await;
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    Ok(())
 }

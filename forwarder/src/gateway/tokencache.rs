@@ -64,6 +64,7 @@ impl<V: Clone> TokenCache<V> {
         map.insert(key, Entry { value, exp, generation });
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }

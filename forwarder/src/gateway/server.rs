@@ -1,0 +1,895 @@
+//! The gateway's server shell: accept (TCP or TLS), run the checks in order, forward with
+//! the org's key, meter the response, settle the budget, write the audit line.
+//!
+//! Order of checks (cheapest and least revealing first): path → JWT-SVID → TraT (claims,
+//! binding, revocation) → rate → provider key → body (size, JSON, `max_tokens`) → DLP →
+//! budget reservation. Nothing about the body is looked at before both tokens verified.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use sanctum_common::headers::{AUTHORIZATION, PROXY_AUTHORIZATION, TXN_TOKEN, X_API_KEY};
+use sanctum_common::proxy::{HeadGuard, Limits, ProxyBody, ProxyMetrics, UpstreamClient};
+use sanctum_common::{ApiError, TratClaims};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+
+use super::audit::{AuditLog, AuditRecord};
+use super::budget::Admission;
+use super::dlp::{Scanner, Verdict};
+use super::jwks::VerifyError;
+use super::keys::ProviderKeys;
+use super::metrics::Metrics;
+use super::ratelimit::{RateDecision, RateLimit};
+use super::reject::{self, Rejection};
+use super::sources::{Fetcher, JwksSource, RevocationStatus, Revocations};
+use super::state::State;
+use super::svid::{Identity, SvidPolicy, SvidTokenClaims};
+use super::tokencache::{TokenCache, digest};
+use super::trat::{TratError, TratPolicy};
+use super::usage::{self, SseUsage, Usage};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-sanctum-request-id");
+/// Non-streaming responses larger than this are passed on but not parsed for usage.
+const MAX_JSON_USAGE: usize = 8 << 20;
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct Settings {
+    pub svid: SvidPolicy,
+    pub trat: TratPolicy,
+    pub default_budget: u64,
+    pub max_body: usize,
+    pub reservation_ttl: u64,
+    pub rate: Option<RateLimit>,
+}
+
+pub struct Gateway {
+    pub settings: Settings,
+    pub svid_jwks: Arc<JwksSource>,
+    pub trat_jwks: Arc<JwksSource>,
+    pub fetcher: Arc<Fetcher>,
+    pub revocations: Arc<Revocations>,
+    pub keys: ProviderKeys,
+    pub dlp: Scanner,
+    pub state: State,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+    pub proxy_metrics: Arc<ProxyMetrics>,
+    pub client: UpstreamClient,
+    svid_cache: TokenCache<Identity>,
+    trat_cache: TokenCache<Arc<TratClaims>>,
+}
+
+/// What an admitted request carries to settlement.
+struct Run {
+    txn: String,
+    org: String,
+    keep_until: u64,
+    reservation: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Gateway {
+    pub fn new(
+        settings: Settings,
+        svid_jwks: Arc<JwksSource>,
+        trat_jwks: Arc<JwksSource>,
+        fetcher: Arc<Fetcher>,
+        revocations: Arc<Revocations>,
+        keys: ProviderKeys,
+        dlp: Scanner,
+        state: State,
+        audit: AuditLog,
+        proxy_metrics: Arc<ProxyMetrics>,
+        client: UpstreamClient,
+    ) -> Self {
+        let leeway = settings.svid.leeway;
+        Self {
+            settings,
+            svid_jwks,
+            trat_jwks,
+            fetcher,
+            revocations,
+            keys,
+            dlp,
+            state,
+            audit,
+            metrics: Metrics::default(),
+            proxy_metrics,
+            client,
+            svid_cache: TokenCache::new(100_000, leeway),
+            trat_cache: TokenCache::new(100_000, leeway),
+        }
+    }
+
+    /// Verifies a token against a JWKS source, refreshing it once for an unknown key id.
+    async fn verify_signature<T: serde::de::DeserializeOwned>(
+        &self,
+        source: &JwksSource,
+        token: &str,
+        prefix: &'static str,
+        which: &str,
+    ) -> Result<(T, u64), Rejection> {
+        let Some((keys, generation)) = source.current() else {
+            let why = source
+                .last_error
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "not loaded yet".into());
+            return Err(reject::jwks_unavailable(which, &why));
+        };
+        match keys.verify::<T>(token) {
+            Ok(claims) => Ok((claims, generation)),
+            Err(VerifyError::UnknownKid(kid)) => {
+                if source.refresh_for_unknown_kid(&self.fetcher).await
+                    && let Some((keys, generation)) = source.current()
+                {
+                    return keys
+                        .verify::<T>(token)
+                        .map(|c| (c, generation))
+                        .map_err(|e| reject::verify(prefix, which, &e));
+                }
+                Err(reject::verify(prefix, which, &VerifyError::UnknownKid(kid)))
+            }
+            Err(e) => Err(reject::verify(prefix, which, &e)),
+        }
+    }
+
+    async fn caller(&self, token: &str, now: u64) -> Result<Identity, Rejection> {
+        let key = digest(token);
+        let generation = self.svid_jwks.current().map_or(0, |(_, g)| g);
+        if let Some(id) = self.svid_cache.get(&key, generation, now) {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            id.time_check(now, self.settings.svid.leeway).map_err(|e| reject::svid(&e))?;
+            return Ok(id);
+        }
+        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let (claims, generation) = self
+            .verify_signature::<SvidTokenClaims>(
+                &self.svid_jwks,
+                token,
+                "svid",
+                "JWT-SVID (Authorization)",
+            )
+            .await?;
+        let id = self.settings.svid.check(claims, now).map_err(|e| reject::svid(&e))?;
+        self.svid_cache.insert(key, id.clone(), id.exp, generation, now);
+        Ok(id)
+    }
+
+    async fn transaction(&self, token: &str, now: u64) -> Result<Arc<TratClaims>, Rejection> {
+        let key = digest(token);
+        let generation = self.trat_jwks.current().map_or(0, |(_, g)| g);
+        let claims = if let Some(c) = self.trat_cache.get(&key, generation, now) {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            c
+        } else {
+            self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+            let (value, generation) = self
+                .verify_signature::<serde_json::Value>(
+                    &self.trat_jwks,
+                    token,
+                    "trat",
+                    "TraT (Txn-Token)",
+                )
+                .await?;
+            let claims: TratClaims = serde_json::from_value(value)
+                .map_err(|e| reject::trat(&TratError::Shape(e.to_string())))?;
+            let claims = Arc::new(claims);
+            // Only claims that passed are cached; expiry is re-checked on every hit.
+            self.settings.trat.check_claims(&claims, now).map_err(|e| reject::trat(&e))?;
+            self.trat_cache.insert(key, claims.clone(), claims.exp, generation, now);
+            claims
+        };
+        self.settings.trat.check_claims(&claims, now).map_err(|e| reject::trat(&e))?;
+        Ok(claims)
+    }
+
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<GatewayBody> {
+        let start = Instant::now();
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut audit = AuditRecord {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            request_id: request_id.clone(),
+            method: req.method().to_string(),
+            path: req.uri().path().chars().take(256).collect(),
+            ..AuditRecord::default()
+        };
+        let path = req.uri().path();
+        if path == "/" && (req.method() == Method::HEAD || req.method() == Method::GET) {
+            // Some Claude Code versions probe the base URL first; it reveals nothing.
+            return Response::new(GatewayBody::full(Bytes::new()));
+        }
+        self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut response = match self.admit(req, &mut audit).await {
+            Err(rejection) => {
+                self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.refuse(rejection, &mut audit, start)
+            }
+            Ok((upstream_req, run)) => self.forward(upstream_req, run, audit, start).await,
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
+        response
+    }
+
+    fn refuse(
+        &self,
+        rejection: Rejection,
+        audit: &mut AuditRecord,
+        start: Instant,
+    ) -> Response<GatewayBody> {
+        let status = rejection.error.status.as_u16();
+        audit.status = status;
+        audit.rejected = Some(rejection.reason);
+        audit.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.request(status);
+        self.metrics.rejection(rejection.reason);
+        tracing::info!(
+            request_id = %audit.request_id,
+            reason = rejection.reason,
+            status,
+            txn = audit.txn.as_deref().unwrap_or(""),
+            spiffe_id = audit.spiffe_id.as_deref().unwrap_or(""),
+            "request refused"
+        );
+        self.audit.write(audit);
+        rejection.error.to_response::<GatewayBody>()
+    }
+
+    /// Every check; on success the request to send upstream and the run it belongs to.
+    async fn admit(
+        &self,
+        req: Request<Incoming>,
+        audit: &mut AuditRecord,
+    ) -> Result<(Request<ProxyBody>, Run), Rejection> {
+        let path = req.uri().path();
+        let counting = path == "/v1/messages/count_tokens";
+        if req.method() != Method::POST || !(path == "/v1/messages" || counting) {
+            return Err(reject::not_found(req.method().as_str(), path));
+        }
+        let now = now_unix();
+        let header = |name: &HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let svid_token = header(&AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(reject::missing_svid)?;
+        let caller = self.caller(svid_token, now).await?;
+        audit.spiffe_id = Some(caller.sub.clone());
+        let trat_token = header(&TXN_TOKEN)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(reject::missing_trat)?;
+        let trat = self.transaction(trat_token, now).await?;
+        audit.txn = Some(trat.txn.clone());
+        audit.run = Some(trat.tctx.run_id.clone());
+        audit.org = Some(trat.tctx.org_id.clone());
+        self.settings.trat.check_binding(&trat, &caller).map_err(|e| reject::trat(&e))?;
+        match self.revocations.status(&trat.txn) {
+            RevocationStatus::Ok => {}
+            RevocationStatus::Revoked => {
+                return Err(reject::trat(&TratError::Revoked(trat.txn.clone())));
+            }
+            RevocationStatus::Unknown(why) => return Err(reject::revocation_unknown(&why)),
+        }
+        let keep_until = trat.exp.saturating_add(self.settings.trat.leeway);
+        if let Some(limit) = self.settings.rate {
+            match self.state.check_rate(&trat.txn, limit, now_ms(), keep_until).await {
+                Ok(RateDecision::Allow) => {}
+                Ok(RateDecision::Deny { retry_after_ms }) => {
+                    return Err(reject::rate_limited(&trat.txn, retry_after_ms));
+                }
+                Err(e) => return Err(reject::state_unavailable(&e)),
+            }
+        }
+        let provider_key = self.keys.get(&trat.tctx.org_id).map_err(|e| reject::key(&e))?;
+
+        // The body: only now, after both tokens proved who is asking.
+        if let Some(enc) = req.headers().get(CONTENT_ENCODING)
+            && enc.as_bytes() != b"identity"
+        {
+            return Err(reject::bad_request(
+                "unsupported_encoding",
+                "compressed request bodies are not accepted: the gateway must scan the body; \
+                 send it uncompressed",
+            ));
+        }
+        if let Some(len) = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > self.settings.max_body as u64
+        {
+            return Err(reject::too_large(self.settings.max_body));
+        }
+        let (mut parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, self.settings.max_body).collect().await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(reject::too_large(self.settings.max_body));
+            }
+            Err(e) => {
+                return Err(reject::bad_request(
+                    "body_read",
+                    format!("the request body could not be read ({e}); send it again"),
+                ));
+            }
+        };
+        #[derive(serde::Deserialize)]
+        struct Fields {
+            model: Option<serde_json::Value>,
+            max_tokens: Option<serde_json::Value>,
+            stream: Option<serde_json::Value>,
+        }
+        let fields: Fields = serde_json::from_slice(&body).map_err(|e| {
+            reject::bad_request(
+                "invalid_json",
+                format!("the request body is not a JSON object ({e}); send a Messages API request"),
+            )
+        })?;
+        audit.model =
+            fields.model.as_ref().and_then(|m| m.as_str()).map(|m| m.chars().take(128).collect());
+        audit.stream = fields.stream.as_ref().and_then(|s| s.as_bool()).unwrap_or(false);
+        let max_tokens = if counting {
+            0
+        } else {
+            fields.max_tokens.as_ref().and_then(|v| v.as_u64()).filter(|n| *n > 0).ok_or_else(
+                || {
+                    reject::bad_request(
+                        "invalid_max_tokens",
+                        "'max_tokens' must be a positive integer: the gateway reserves the run's \
+                         budget against it",
+                    )
+                },
+            )?
+        };
+
+        let body = match self.dlp.scan(&body) {
+            Verdict::Clean => body,
+            Verdict::Block { rule, description, offset } => {
+                self.metrics.dlp(&rule, "block");
+                audit.dlp_rules = vec![rule.clone()];
+                audit.dlp_action = Some("block");
+                return Err(reject::dlp_block(&rule, &description, offset));
+            }
+            Verdict::Redacted { body: redacted, rules } => {
+                audit.dlp_rules = rules.clone();
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&redacted).is_err() {
+                    // A match crossed JSON structure: redacting would corrupt the request.
+                    audit.dlp_action = Some("block");
+                    for r in &rules {
+                        self.metrics.dlp(r, "block");
+                    }
+                    return Err(reject::dlp_block(&rules[0], "secret that cannot be redacted", 0));
+                }
+                for r in &rules {
+                    self.metrics.dlp(r, "redact");
+                }
+                audit.dlp_action = Some("redact");
+                Bytes::from(redacted)
+            }
+        };
+
+        let mut run = Run {
+            txn: trat.txn.clone(),
+            org: trat.tctx.org_id.clone(),
+            keep_until,
+            reservation: None,
+        };
+        if !counting {
+            let limit = trat.tctx.budget_tokens.unwrap_or(self.settings.default_budget);
+            let id = audit.request_id.clone();
+            let admission = self
+                .state
+                .reserve(
+                    &trat.txn,
+                    limit,
+                    &id,
+                    max_tokens,
+                    now,
+                    self.settings.reservation_ttl,
+                    keep_until,
+                )
+                .await
+                .map_err(|e| reject::state_unavailable(&e))?;
+            match admission {
+                Admission::Admitted => run.reservation = Some(id),
+                Admission::Exhausted { spent, limit } => {
+                    return Err(reject::budget_exhausted(&trat.txn, spent, limit));
+                }
+                Admission::TooLarge { remaining, asked } => {
+                    return Err(reject::budget_too_large(&trat.txn, remaining, asked));
+                }
+                Admission::Busy { remaining, reserved, .. } => {
+                    return Err(reject::budget_busy(&trat.txn, remaining, reserved));
+                }
+            }
+        }
+
+        // The request that leaves: the client's credentials never do.
+        let headers = &mut parts.headers;
+        for name in [AUTHORIZATION, PROXY_AUTHORIZATION, TXN_TOKEN, X_API_KEY, HOST, CONTENT_LENGTH]
+        {
+            headers.remove(name);
+        }
+        headers.insert(X_API_KEY, provider_key);
+        // Usage must be readable: no compressed responses from the provider.
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let upstream = Request::from_parts(parts, ProxyBody::full(body));
+        Ok((upstream, run))
+    }
+
+    async fn forward(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+        run: Run,
+        mut audit: AuditRecord,
+        start: Instant,
+    ) -> Response<GatewayBody> {
+        match self.client.send(req).await {
+            Ok(response) => {
+                let status = response.status();
+                audit.status = status.as_u16();
+                self.metrics.request(status.as_u16());
+                let sse = response
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                let finish = Finish { gw: self.clone(), run, audit, start };
+                response.map(|body| GatewayBody::metered(body, sse, finish))
+            }
+            Err(error) => {
+                self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(request_id = %audit.request_id, %error, "provider unreachable");
+                let api = error.to_api_error("check the gateway's --upstream");
+                let finish = Finish { gw: self.clone(), run, audit, start };
+                finish.done(
+                    api.status.as_u16(),
+                    Usage::default(),
+                    true,
+                    Some("upstream_unreachable"),
+                );
+                api.to_response::<GatewayBody>()
+            }
+        }
+    }
+}
+
+/// Settlement of one forwarded request: budget, metrics, audit.
+struct Finish {
+    gw: Arc<Gateway>,
+    run: Run,
+    audit: AuditRecord,
+    start: Instant,
+}
+
+impl Finish {
+    fn done(self, status: u16, usage: Usage, incomplete: bool, rejected: Option<&'static str>) {
+        let Finish { gw, run, mut audit, start } = self;
+        gw.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        audit.status = status;
+        audit.rejected = rejected;
+        if let Some(reason) = rejected {
+            gw.metrics.request(status);
+            gw.metrics.rejection(reason);
+        }
+        audit.incomplete = incomplete;
+        audit.input_tokens = usage.input_tokens;
+        audit.output_tokens = usage.output_tokens;
+        audit.cache_creation_input_tokens = usage.cache_creation_input_tokens;
+        audit.cache_read_input_tokens = usage.cache_read_input_tokens;
+        audit.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        gw.metrics.tokens(&run.org, &run.txn, run.keep_until, &usage);
+        let settle = async move {
+            if let Some(id) = &run.reservation {
+                let total = usage.total();
+                if let Err(error) =
+                    gw.state.settle(&run.txn, id, total, now_unix(), run.keep_until).await
+                {
+                    // The reservation expires by itself; the spend is logged for reconciling.
+                    tracing::error!(%error, txn = %run.txn, tokens = total, "budget settlement failed");
+                }
+            }
+            gw.audit.write(&audit);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(settle);
+            }
+            Err(_) => tracing::error!("no runtime to settle a request on; budget not updated"),
+        }
+    }
+}
+
+/// The response body: in memory (errors), or the provider's stream metered on its way.
+pub struct GatewayBody {
+    kind: BodyKind,
+}
+
+enum BodyKind {
+    Full(Option<Bytes>),
+    Metered(Box<Metered>),
+}
+
+struct Metered {
+    inner: ProxyBody,
+    sse: bool,
+    sse_usage: SseUsage,
+    json: Option<Vec<u8>>,
+    /// SSE bytes after the last complete event, held so an error event never lands inside
+    /// a half-sent one.
+    pending: BytesMut,
+    ended: bool,
+    status: u16,
+    finish: Option<Finish>,
+}
+
+impl GatewayBody {
+    pub fn full(bytes: Bytes) -> Self {
+        Self { kind: BodyKind::Full(if bytes.is_empty() { None } else { Some(bytes) }) }
+    }
+
+    fn metered(inner: ProxyBody, sse: bool, finish: Finish) -> Self {
+        let status = finish.audit.status;
+        Self {
+            kind: BodyKind::Metered(Box::new(Metered {
+                inner,
+                sse,
+                sse_usage: SseUsage::default(),
+                json: if sse { None } else { Some(Vec::new()) },
+                pending: BytesMut::new(),
+                ended: false,
+                status,
+                finish: Some(finish),
+            })),
+        }
+    }
+}
+
+impl From<Bytes> for GatewayBody {
+    fn from(b: Bytes) -> Self {
+        Self::full(b)
+    }
+}
+
+/// End of the last complete SSE event in `buf` (after its blank line), if any.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = buf.len();
+    while i >= 2 {
+        if buf[i - 1] == b'\n' {
+            if buf[i - 2] == b'\n' {
+                return Some(i);
+            }
+            if i >= 3 && buf[i - 2] == b'\r' && buf[i - 3] == b'\n' {
+                return Some(i);
+            }
+        }
+        i -= 1;
+    }
+    None
+}
+
+impl Metered {
+    fn usage(&self) -> Usage {
+        if self.sse {
+            self.sse_usage.usage()
+        } else {
+            self.json.as_deref().and_then(usage::from_json).unwrap_or_default()
+        }
+    }
+
+    fn complete(&mut self, incomplete: bool) {
+        if let Some(finish) = self.finish.take() {
+            let usage = self.usage();
+            let incomplete = incomplete || (self.sse && !self.sse_usage.stopped);
+            finish.done(self.status, usage, incomplete, None);
+        }
+    }
+}
+
+fn error_event(message: &str) -> Bytes {
+    let body = ApiError::bad_gateway(message).body();
+    let mut out = Vec::with_capacity(body.len() + 24);
+    out.extend_from_slice(b"event: error\ndata: ");
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let m = match &mut self.get_mut().kind {
+            BodyKind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Metered(m) => m,
+        };
+        loop {
+            if m.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut m.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers: the Messages API sends none
+                    };
+                    if m.sse {
+                        m.sse_usage.feed(&data);
+                        m.pending.extend_from_slice(&data);
+                        match last_event_end(&m.pending) {
+                            Some(end) => {
+                                return Poll::Ready(Some(Ok(Frame::data(
+                                    m.pending.split_to(end).freeze(),
+                                ))));
+                            }
+                            None => continue,
+                        }
+                    }
+                    if let Some(buf) = &mut m.json {
+                        if buf.len() + data.len() <= MAX_JSON_USAGE {
+                            buf.extend_from_slice(&data);
+                        } else {
+                            m.json = None;
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    m.ended = true;
+                    if let Some(f) = &m.finish {
+                        f.gw.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(request_id = %f.audit.request_id, %error, "provider stream broke");
+                    }
+                    m.complete(true);
+                    if m.sse {
+                        // Drop the half event; end the stream the way the API reports errors.
+                        m.pending.clear();
+                        return Poll::Ready(Some(Ok(Frame::data(error_event(
+                            "the provider's stream broke off before the message was complete; \
+                             retry the request",
+                        )))));
+                    }
+                    return Poll::Ready(Some(Err(Box::new(error))));
+                }
+                Poll::Ready(None) => {
+                    m.ended = true;
+                    m.complete(false);
+                    if !m.pending.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(m.pending.split().freeze()))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Full(b) => b.is_none(),
+            BodyKind::Metered(m) => m.ended && m.pending.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            BodyKind::Metered(m) if !m.sse => m.inner.size_hint(),
+            BodyKind::Metered(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // The client went away mid-response: settle what was reported so far.
+        self.complete(true);
+    }
+}
+
+/// A connection whose read side also feeds the shared head guard (request smuggling checks
+/// of `common::proxy`). The common server keeps its own wrapper private; this is the same
+/// idea for the gateway's own accept loop.
+struct GuardedIo<T> {
+    inner: T,
+    guard: Arc<Mutex<HeadGuard>>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() {
+                    this.guard.lock().unwrap_or_else(|e| e.into_inner()).feed(new);
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn serve_connection<T>(
+    gw: Arc<Gateway>,
+    io: T,
+    limits: Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let guard = Arc::new(Mutex::new(HeadGuard::new(limits.max_header_bytes)));
+    let io = TokioIo::new(GuardedIo { inner: io, guard: guard.clone() });
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (gw, guard) = (gw.clone(), guard.clone());
+        async move {
+            let started = Instant::now();
+            let verdict = guard.lock().unwrap_or_else(|e| e.into_inner()).next_verdict();
+            let response = match verdict {
+                Err(error) => {
+                    let mut r = ApiError::bad_request(format!(
+                        "request refused: {error}; send a well-formed HTTP/1.1 request"
+                    ))
+                    .to_response::<GatewayBody>();
+                    r.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    gw.metrics.request(400);
+                    gw.metrics.rejection("malformed_head");
+                    r
+                }
+                Ok(()) => gw.handle(req).await,
+            };
+            gw.proxy_metrics.record(response.status(), started.elapsed());
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
+        .max_header_size(limits.max_header_bytes);
+    if let Err(error) = watcher.watch(builder.serve_connection(io, service)).await {
+        tracing::debug!(%error, "client connection ended with an error");
+    }
+}
+
+/// Accepts on `listener` (TLS when `tls` is set) until `shutdown`, then drains.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        let watcher = graceful.watcher();
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(gw, stream, limits, watcher));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                // The handshake runs in the connection's task: a slow client delays only itself.
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(gw, tls_stream, limits, watcher).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(grace_secs = limits.grace_period.as_secs(), "draining in-flight requests");
+    if tokio::time::timeout(limits.grace_period, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over: closing the remaining connections");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_boundaries() {
+        assert_eq!(last_event_end(b"data: x\n\ndata: y"), Some(9));
+        assert_eq!(last_event_end(b"data: x\r\n\r\n"), Some(11));
+        assert_eq!(last_event_end(b"data: x\n"), None);
+        assert_eq!(last_event_end(b""), None);
+        assert_eq!(last_event_end(b"\n\n\n"), Some(3));
+    }
+
+    #[test]
+    fn error_event_is_sse() {
+        let e = error_event("broke");
+        let text = std::str::from_utf8(&e).unwrap();
+        assert!(text.starts_with("event: error\ndata: {\"type\":\"error\""));
+        assert!(text.ends_with("\n\n"));
+    }
+}
