@@ -1,18 +1,140 @@
-//! `forward` mode: Unix socket -> gateway, headers unchanged.
+//! `forward` mode: the zero-logic sidecar. Every request on the pod's Unix socket goes to
+//! the gateway with its headers unchanged except `Host` (and the hop-by-hop headers HTTP
+//! itself forbids passing on). It holds no secret and reads no configuration volume.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Args as ClapArgs;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use sanctum_common::admin::{self, AdminState};
 use sanctum_common::defaults;
+use sanctum_common::proxy::{
+    self, Handler, Limits, ProxyBody, ProxyMetrics, Upstream, UpstreamClient,
+};
+use sanctum_common::telemetry::{self, LogFormat};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Unix socket to listen on.
+    /// Unix socket to listen on (created owner-only; a stale socket is replaced).
     #[arg(long, env = "SANCTUM_LISTEN_SOCKET", default_value = defaults::LLM_SOCKET)]
     pub listen_socket: String,
     /// Gateway URL (http or https).
     #[arg(long, env = "SANCTUM_UPSTREAM")]
     pub upstream: String,
+    /// Extra PEM CA certificates to trust for an https upstream, besides the system roots.
+    #[arg(long, env = "SANCTUM_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Admin address (/healthz, /readyz, /metrics); all interfaces so the kubelet's
+    /// probes reach it. It serves no credential.
+    #[arg(long, env = "SANCTUM_ADMIN_LISTEN", default_value = "0.0.0.0:9083")]
+    pub admin_listen: SocketAddr,
+    /// Seconds to connect to the gateway (TCP and TLS).
+    #[arg(long, env = "SANCTUM_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub connect_timeout: u64,
+    /// Longest silence, in seconds, inside a request or response body (no total deadline).
+    #[arg(long, env = "SANCTUM_BODY_IDLE_TIMEOUT", default_value_t = 300)]
+    pub body_idle_timeout: u64,
+    /// Seconds in-flight streams may finish after SIGTERM.
+    #[arg(long, env = "SANCTUM_GRACE_PERIOD", default_value_t = 30)]
+    pub grace_period: u64,
+    /// Worker threads; 1 runs everything on one thread (smallest footprint).
+    #[arg(long, env = "SANCTUM_THREADS", default_value_t = 1)]
+    pub threads: usize,
+    /// Log format: auto (JSON unless a terminal), json or text.
+    #[arg(long, env = "SANCTUM_LOG_FORMAT", default_value = "auto")]
+    pub log_format: LogFormat,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("forward mode is not implemented yet")
+struct Forward {
+    client: UpstreamClient,
+}
+
+impl Handler for Forward {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let method = req.method().clone();
+        match self.client.send(req.map(ProxyBody::from)).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(%error, %method, "gateway request failed");
+                error.to_api_error("check that the gateway is up and reachable from this pod (NetworkPolicy, DNS, --upstream)").to_response()
+            }
+        }
+    }
+}
+
+struct Admin {
+    metrics: Arc<ProxyMetrics>,
+    socket: PathBuf,
+}
+
+impl AdminState for Admin {
+    async fn ready(&self) -> Result<(), String> {
+        // Serving as long as our socket file is in place; the gateway's own health is the
+        // gateway's readiness, and a failing gateway is answered with 502 per request.
+        match std::fs::symlink_metadata(&self.socket) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!(
+                "the listening socket {} is gone ({e}); restart the sidecar",
+                self.socket.display()
+            )),
+        }
+    }
+
+    fn metrics(&self, out: &mut String) {
+        self.metrics.render(out);
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let limits = Limits {
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        body_idle_timeout: Duration::from_secs(args.body_idle_timeout),
+        grace_period: Duration::from_secs(args.grace_period),
+        ..Limits::default()
+    };
+    let mut upstream = Upstream::url(&args.upstream).context("--upstream")?;
+    if let Some(ca) = &args.ca_file {
+        upstream = upstream.with_ca_file(ca);
+    }
+    let metrics = Arc::new(ProxyMetrics::new("sanctum_forwarder"));
+    let client = UpstreamClient::new(upstream, &limits, metrics.clone())
+        .context("cannot set up the gateway client")?;
+    let socket = PathBuf::from(&args.listen_socket);
+    let listener = proxy::listen::owner_only_unix(&socket)?;
+    let admin_listener = admin::bind(args.admin_listen, "--admin-listen").await?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(args.admin_listen);
+    let admin_state = Arc::new(Admin { metrics: metrics.clone(), socket: socket.clone() });
+    tokio::spawn(admin::serve(admin_listener, admin_state, std::future::pending()));
+    tracing::info!(listen_socket = %socket.display(), upstream = %args.upstream, admin = %admin_addr, "sanctum-forwarder forward ready");
+    proxy::serve(
+        listener,
+        Arc::new(Forward { client }),
+        limits,
+        metrics,
+        proxy::server::shutdown_signal(),
+    )
+    .await;
+    // Leave no socket behind for the next start to mistake for a live one.
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("sanctum-forwarder forward stopped");
+    Ok(())
 }
