@@ -61,7 +61,7 @@ bin_complete() {
 }
 
 build_into() {
-  local out="$1" ld p
+  local out="$1" ld p t
   local goflags=(-p 2 -mod=readonly -trimpath)
   # Like kubernetes/hack/lib/golang.sh + version.sh.
   ld="-s -w"
@@ -69,18 +69,22 @@ build_into() {
     ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$K8S_MINOR"
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$K8S_BUILD_DATE -X $p.gitCommit="
   done
+  t=$SECONDS
   say "building kube-apiserver kube-controller-manager kube-scheduler kubectl $K8S_VERSION (slow when cold)"
   (cd "$HERE/k8s" && CGO_ENABLED=0 go build "${goflags[@]}" -tags=selinux,notest -ldflags "$ld" -o "$out/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  say "  ... $((SECONDS - t)) s"; t=$SECONDS
   say "building etcd $ETCD_VERSION"
   (cd "$HERE/etcd" && CGO_ENABLED=0 go build "${goflags[@]}" \
       -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" \
       -o "$out/etcd" go.etcd.io/etcd/server/v3)
+  say "  ... $((SECONDS - t)) s"; t=$SECONDS
   say "building helm $HELM_VERSION"
   (cd "$HERE/helm" && CGO_ENABLED=0 go build "${goflags[@]}" \
       -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
       -o "$out/helm" helm.sh/helm/v4/cmd/helm)
+  say "  ... $((SECONDS - t)) s"
 }
 
 cmd_build() {
@@ -105,6 +109,7 @@ cmd_build() {
     rm -rf "$tmp"
     die "build failed (nothing was installed in $BIN_DIR)"
   fi
+  chmod 755 "$tmp"
   echo "$stamp" >"$tmp/.complete"
   if [[ -e "$BIN_DIR" ]]; then mv "$BIN_DIR" "$parent/bin.old.$$"; fi
   mv "$tmp" "$BIN_DIR"
@@ -158,12 +163,18 @@ load_config() {
 # -------------------------------------------------------------- processes --
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
+alive() {  # running and not a zombie
+  local st
+  st="$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "$st" && "$st" != Z && "$st" != X ]]
+}
+
 pid_of() {  # prints the pid if that component runs (and really is it)
   local f="$STATE/pids/$1.pid" pid
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   # guard against pid reuse: the process must run our binary
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "/$1 " || return 1
   echo "$pid"
@@ -189,17 +200,21 @@ start_component() {  # name args...
   die "$name: could not start (no pid file $pidf)"
 }
 
+# SIGTERM, then SIGKILL after a grace period. kube-apiserver stops listening
+# at once on SIGTERM but then waits up to 60 s for open watch connections, so
+# its grace period is short.
 stop_component() {
-  local name="$1" pid
+  local name="$1" grace="${STOP_GRACE:-10}" pid
   pid="$(pid_of "$name")" || { rm -f "$STATE/pids/$name.pid"; return 0; }
+  [[ "$name" == kube-apiserver ]] && grace="${SANCTUM_APISERVER_STOP_GRACE:-3}"
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 150); do   # 15 s, then SIGKILL
-    kill -0 "$pid" 2>/dev/null || break
+  for _ in $(seq $((grace * 10))); do
+    alive "$pid" || break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.2
+    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
   fi
   rm -f "$STATE/pids/$name.pid"
 }
