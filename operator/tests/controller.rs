@@ -1,0 +1,442 @@
+//! The reconciler against kube's mock service (`tower-test`), as kube-rs's controller-rs
+//! does: each scenario states the exact requests the operator must make, in order, and what
+//! they must carry, and that it makes no others.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use sanctum_operator::config::OperatorConfig;
+use sanctum_operator::crd::ScannerRun;
+use sanctum_operator::metrics::Metrics;
+use sanctum_operator::reconcile::{Context, SignerSlot, reconcile};
+use sanctum_operator::revoked::Revoked;
+use sanctum_operator::tokens::Signer;
+use serde_json::{Value, json};
+
+const UID: &str = "7f1d7a3e-0000-4000-8000-000000000001";
+
+type Check = Box<dyn Fn(&Value) + Send>;
+
+/// One request the operator must make, and the answer it gets.
+struct Expect {
+    method: Method,
+    path: String,
+    status: StatusCode,
+    /// `None`: echo the request body back.
+    response: Option<Value>,
+    check: Check,
+}
+
+fn expect(
+    method: Method,
+    path: &str,
+    status: u16,
+    response: Option<Value>,
+    check: impl Fn(&Value) + Send + 'static,
+) -> Expect {
+    Expect {
+        method,
+        path: path.into(),
+        status: StatusCode::from_u16(status).unwrap(),
+        response,
+        check: Box::new(check),
+    }
+}
+
+fn not_found() -> Option<Value> {
+    Some(
+        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404,"message":"not found"}),
+    )
+}
+
+fn run_json(status: Value) -> Value {
+    json!({
+        "apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun",
+        "metadata": {"name": "run-1", "namespace": "ns", "uid": UID, "generation": 1, "creationTimestamp": "2026-11-22T10:00:00Z"},
+        "spec": {"image": "ghcr.io/example/scanner:1", "orgId": "acme", "source": {"volume": {"claimName": "repo"}}},
+        "status": status,
+    })
+}
+
+fn pod_json(status: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "run-1-scanner", "namespace": "ns",
+            "ownerReferences": [{"apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun", "name": "run-1", "uid": UID, "controller": true}]},
+        "spec": {"containers": [{"name": "scanner", "image": "x"}]},
+        "status": status,
+    })
+}
+
+fn scanner_terminated(phase: &str, exit_code: i32, reason: &str, message: Option<&str>) -> Value {
+    let mut terminated =
+        json!({"exitCode": exit_code, "reason": reason, "finishedAt": "2026-11-22T10:05:00Z"});
+    if let Some(m) = message {
+        terminated["message"] = json!(m);
+    }
+    json!({"phase": phase, "startTime": "2026-11-22T10:01:00Z",
+        "containerStatuses": [{"name": "scanner", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": terminated}}]})
+}
+
+const POD: &str = "/api/v1/namespaces/ns/pods/run-1-scanner";
+const STATUS: &str = "/apis/sanctum.dev/v1alpha1/namespaces/ns/scannerruns/run-1/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+
+fn event(reason: &'static str, kind: &'static str) -> Expect {
+    expect(Method::POST, EVENTS, 201, None, move |body| {
+        assert_eq!(body["reason"], reason, "event reason");
+        assert_eq!(body["type"], kind, "event type");
+        assert_eq!(body["regarding"]["name"], "run-1");
+    })
+}
+
+fn status_patch(status: Value, check: impl Fn(&Value) + Send + 'static) -> Expect {
+    expect(Method::PATCH, STATUS, 200, Some(run_json(status)), move |body| check(&body["status"]))
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// Runs `reconcile` for `run` against a mock API server that expects exactly `script`.
+async fn scenario(run: Value, script: Vec<Expect>, signer: SignerSlot) -> Arc<Context> {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config: OperatorConfig::default(),
+        signer,
+        recorder: Recorder::new(
+            client,
+            Reporter { controller: "sanctum-operator".into(), instance: None },
+        ),
+        revoked: Arc::new(Revoked::default()),
+        metrics: Arc::new(Metrics::default()),
+        failures: Default::default(),
+    });
+    let server = tokio::spawn(async move {
+        let mut script: VecDeque<Expect> = script.into();
+        while let Some(next) = script.pop_front() {
+            let (request, send) = handle.next_request().await.unwrap_or_else(|| {
+                panic!("expected {} {}, but no request came", next.method, next.path)
+            });
+            assert_eq!(
+                (request.method(), request.uri().path()),
+                (&next.method, next.path.as_str()),
+                "unexpected request"
+            );
+            if matches!(next.method, Method::PATCH | Method::POST) && !next.path.contains("events")
+            {
+                let query = request.uri().query().unwrap_or("");
+                assert!(
+                    query.contains("fieldManager=sanctum-operator"),
+                    "{} {} without the field manager: {query}",
+                    next.method,
+                    next.path
+                );
+            }
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            (next.check)(&body);
+            let answer = next.response.unwrap_or(body);
+            send.send_response(
+                Response::builder()
+                    .status(next.status)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+        handle
+    });
+    let run: ScannerRun = serde_json::from_value(run).unwrap();
+    let reconciling = tokio::spawn(reconcile(Arc::new(run), ctx.clone()));
+    let wait = std::time::Duration::from_secs(5);
+    let mut handle = tokio::time::timeout(wait, server)
+        .await
+        .expect("the operator made fewer requests than expected")
+        .unwrap();
+    // A request beyond the script would get no answer: catch it instead of hanging.
+    let extra =
+        tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request()).await;
+    if let Ok(Some((request, _))) = extra {
+        panic!("unexpected extra request {} {}", request.method(), request.uri());
+    }
+    tokio::time::timeout(wait, reconciling)
+        .await
+        .expect("reconcile hung")
+        .unwrap()
+        .expect("reconcile failed");
+    ctx
+}
+
+fn key_slot() -> SignerSlot {
+    SignerSlot::new(None, Some(Signer::ephemeral().unwrap()))
+}
+
+#[tokio::test]
+async fn new_run_creates_secret_policy_pod_then_reports_pending() {
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        expect(Method::POST, "/api/v1/namespaces/ns/secrets", 201, None, |body| {
+            assert_eq!(body["metadata"]["name"], "run-1-sanctum");
+            assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], UID);
+            assert!(body["data"]["trat.jwt"].is_string());
+        }),
+        expect(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/run-1-scanner",
+            200,
+            None,
+            |body| {
+                assert_eq!(body["spec"]["ingress"], json!([]));
+                assert_eq!(body["spec"]["podSelector"]["matchLabels"]["sanctum.dev/run"], "run-1");
+            },
+        ),
+        expect(Method::PATCH, POD, 200, None, |body| {
+            assert_eq!(body["metadata"]["labels"]["sanctum.dev/run-id"], UID);
+            assert_eq!(body["spec"]["restartPolicy"], "Never");
+            assert_eq!(body["spec"]["activeDeadlineSeconds"], 3600);
+        }),
+        status_patch(json!({"phase": "Pending"}), |status| {
+            assert_eq!(status["phase"], "Pending");
+            assert_eq!(status["podName"], "run-1-scanner");
+            assert_eq!(status["observedGeneration"], 1);
+            assert_eq!(condition(status, "Provisioned")["status"], "True");
+        }),
+        event("Created", "Normal"),
+    ];
+    let ctx = scenario(run_json(json!(null)), script, key_slot()).await;
+    assert!(ctx.revoked.is_empty());
+}
+
+#[tokio::test]
+async fn running_pod_moves_the_run_to_running() {
+    let pod = pod_json(json!({"phase": "Running", "startTime": "2026-11-22T10:01:00Z",
+        "containerStatuses": [{"name": "scanner", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {"startedAt": "2026-11-22T10:01:05Z"}}}]}));
+    let script = vec![
+        expect(Method::GET, POD, 200, Some(pod), |_| {}),
+        status_patch(json!({"phase": "Running"}), |status| {
+            assert_eq!(status["phase"], "Running");
+            assert_eq!(status["startTime"], "2026-11-22T10:01:00Z");
+            assert_eq!(condition(status, "Started")["status"], "True");
+        }),
+        event("Running", "Normal"),
+    ];
+    scenario(run_json(json!({"phase": "Pending", "podName": "run-1-scanner"})), script, key_slot())
+        .await;
+}
+
+#[tokio::test]
+async fn succeeded_pod_records_the_result_and_revokes() {
+    let summary = r#"{"findings":{"critical":0,"high":2,"medium":1,"low":0,"note":0},"costUsd":0.42,"sarif":"/output/results.sarif"}"#;
+    let script = vec![
+        expect(
+            Method::GET,
+            POD,
+            200,
+            Some(pod_json(scanner_terminated("Succeeded", 0, "Completed", Some(summary)))),
+            |_| {},
+        ),
+        status_patch(json!({"phase": "Succeeded"}), |status| {
+            assert_eq!(status["phase"], "Succeeded");
+            assert_eq!(status["result"]["findings"]["high"], 2);
+            assert_eq!(status["result"]["costUsd"], 0.42);
+            assert_eq!(status["result"]["sarif"], "/output/results.sarif");
+            assert_eq!(status["findings"], "C0 H2 M1 L0 N0");
+            assert_eq!(status["completionTime"], "2026-11-22T10:05:00Z");
+            assert_eq!(condition(status, "Finished")["reason"], "Succeeded");
+            assert_eq!(condition(status, "ResultRecorded")["status"], "True");
+        }),
+        event("Succeeded", "Normal"),
+    ];
+    let ctx = scenario(
+        run_json(json!({"phase": "Running", "podName": "run-1-scanner"})),
+        script,
+        key_slot(),
+    )
+    .await;
+    assert!(ctx.revoked.to_json(0).contains(UID), "the run's txn is revoked");
+}
+
+#[tokio::test]
+async fn failed_scanner_without_summary_says_both() {
+    let script = vec![
+        expect(
+            Method::GET,
+            POD,
+            200,
+            Some(pod_json(scanner_terminated("Failed", 2, "Error", None))),
+            |_| {},
+        ),
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(condition(status, "Finished")["reason"], "ScannerFailed");
+            assert!(status["message"].as_str().unwrap().contains("exit"));
+            let result = condition(status, "ResultRecorded");
+            assert_eq!(
+                (result["status"].as_str(), result["reason"].as_str()),
+                (Some("False"), Some("MissingSummary"))
+            );
+        }),
+        event("ScannerFailed", "Warning"),
+        event("MissingSummary", "Warning"),
+    ];
+    let ctx = scenario(
+        run_json(json!({"phase": "Running", "podName": "run-1-scanner"})),
+        script,
+        key_slot(),
+    )
+    .await;
+    assert!(!ctx.revoked.is_empty());
+}
+
+#[tokio::test]
+async fn oom_killed_scanner_says_to_raise_the_memory_limit() {
+    let script = vec![
+        expect(
+            Method::GET,
+            POD,
+            200,
+            Some(pod_json(scanner_terminated("Failed", 137, "OOMKilled", Some("not json")))),
+            |_| {},
+        ),
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(condition(status, "Finished")["reason"], "OOMKilled");
+            assert!(status["message"].as_str().unwrap().contains("limits.memory"));
+            assert_eq!(condition(status, "ResultRecorded")["reason"], "MalformedSummary");
+        }),
+        event("OOMKilled", "Warning"),
+        event("MalformedSummary", "Warning"),
+    ];
+    scenario(run_json(json!({"phase": "Running", "podName": "run-1-scanner"})), script, key_slot())
+        .await;
+}
+
+#[tokio::test]
+async fn deadline_exceeded() {
+    let pod = pod_json(
+        json!({"phase": "Failed", "reason": "DeadlineExceeded", "message": "Pod was active on the node longer than the specified deadline", "startTime": "2026-11-22T10:01:00Z"}),
+    );
+    let script = vec![
+        expect(Method::GET, POD, 200, Some(pod), |_| {}),
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(condition(status, "Finished")["reason"], "DeadlineExceeded");
+            assert!(status["message"].as_str().unwrap().contains("timeoutSeconds"));
+        }),
+        event("DeadlineExceeded", "Warning"),
+        event("MissingSummary", "Warning"),
+    ];
+    scenario(run_json(json!({"phase": "Running", "podName": "run-1-scanner"})), script, key_slot())
+        .await;
+}
+
+#[tokio::test]
+async fn pod_deleted_underneath_fails_the_run_and_does_not_recreate() {
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(condition(status, "Finished")["reason"], "PodDeleted");
+            assert!(status["message"].as_str().unwrap().contains("create a new ScannerRun"));
+        }),
+        event("PodDeleted", "Warning"),
+    ];
+    let ctx = scenario(
+        run_json(json!({"phase": "Running", "podName": "run-1-scanner"})),
+        script,
+        key_slot(),
+    )
+    .await;
+    assert!(!ctx.revoked.is_empty());
+}
+
+#[tokio::test]
+async fn deleted_run_makes_no_requests_and_revokes() {
+    let mut run = run_json(json!({"phase": "Running", "podName": "run-1-scanner"}));
+    run["metadata"]["deletionTimestamp"] = json!("2026-11-22T10:03:00Z");
+    run["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+    let ctx = scenario(run, vec![], key_slot()).await;
+    assert!(ctx.revoked.to_json(0).contains(UID));
+}
+
+#[tokio::test]
+async fn finished_run_is_left_alone() {
+    scenario(
+        run_json(json!({"phase": "Succeeded", "podName": "run-1-scanner"})),
+        vec![],
+        key_slot(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unbuildable_spec_fails_once_without_creating_anything() {
+    let mut run = run_json(json!(null));
+    run["spec"]["source"] =
+        json!({"volume": {"claimName": "repo"}, "git": {"url": "https://x/y.git"}});
+    let script = vec![
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(status["phase"], "Failed");
+            let provisioned = condition(status, "Provisioned");
+            assert_eq!(
+                (provisioned["status"].as_str(), provisioned["reason"].as_str()),
+                (Some("False"), Some("InvalidSource"))
+            );
+            assert!(status["message"].as_str().unwrap().contains("exactly one of git or volume"));
+        }),
+        event("InvalidSource", "Warning"),
+    ];
+    scenario(run, script, key_slot()).await;
+}
+
+#[tokio::test]
+async fn missing_signing_key_fails_the_run_with_what_to_do() {
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(condition(status, "Provisioned")["reason"], "SigningKeyUnavailable");
+            assert!(status["message"].as_str().unwrap().contains("/nonexistent/signing.pem"));
+        }),
+        event("SigningKeyUnavailable", "Warning"),
+    ];
+    scenario(
+        run_json(json!(null)),
+        script,
+        SignerSlot::new(Some("/nonexistent/signing.pem".into()), None),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn foreign_pod_with_the_same_name_is_a_conflict_not_a_crash() {
+    let mut pod = pod_json(json!({"phase": "Running"}));
+    pod["metadata"]["ownerReferences"] = json!([]);
+    let script = vec![
+        expect(Method::GET, POD, 200, Some(pod), |_| {}),
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(condition(status, "Provisioned")["reason"], "PodConflict");
+        }),
+        event("PodConflict", "Warning"),
+    ];
+    scenario(run_json(json!(null)), script, key_slot()).await;
+}
+
+#[test]
+fn pod_fixture_is_a_pod() {
+    let _: Pod = serde_json::from_value(pod_json(json!({}))).unwrap();
+}
