@@ -106,7 +106,8 @@ async fn the_full_matrix_of_bad_tokens() {
         v
     };
     // (name, svid, trat, status, reason fragment in the message)
-    let cases: Vec<(&str, Option<String>, Option<String>, u16, &str)> = vec![
+    type Case = (&'static str, Option<String>, Option<String>, u16, &'static str);
+    let cases: Vec<Case> = vec![
         ("no Authorization", None, Some(good_trat.clone()), 401, "missing 'Authorization"),
         ("no Txn-Token", Some(good_svid.clone()), None, 401, "missing 'Txn-Token'"),
         ("garbage svid", Some("not.a.jwt".into()), Some(good_trat.clone()), 401, "well-formed"),
