@@ -195,7 +195,8 @@ start_component() {  # name args...
   # bash writes its own pid, then execs the component in its place.
   # shellcheck disable=SC2016
   setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidf" "$BIN_DIR/$name" "$@" \
-    >>"$log" 2>&1 </dev/null &
+    >>"$log" 2>&1 </dev/null 9>&- &
+
   for _ in $(seq 50); do [[ -s "$pidf" ]] && return 0; sleep 0.1; done
   die "$name: could not start (no pid file $pidf)"
 }
@@ -550,10 +551,21 @@ EOF
   echo "$out"
 }
 
+# One cluster.sh at a time per state dir for commands that change the cluster.
+lock_state() {
+  mkdir -p "$(dirname "$STATE")"
+  exec 9>"$STATE.lock"
+  flock -w "${SANCTUM_LOCK_WAIT:-120}" 9 || die "another cluster.sh is working on $STATE (lock $STATE.lock)"
+}
+
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
   case "$cmd" in
+    up|down|restart-apiserver) lock_state ;;
+  esac
+  case "$cmd" in
+
     build) cmd_build ;;
     up) cmd_up ;;
     down) cmd_down ;;
@@ -567,4 +579,4 @@ main() {
   esac
 }
 
-main "$@"
+main "$@"; exit $?

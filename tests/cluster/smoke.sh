@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Smoke check of cluster.sh: brings up a throw-away cluster in its own state
+# dir on its own ports (so it does not clash with a cluster already up), runs
+# the checks below, and tears it down. Needs `cluster.sh build` to have run.
+# Ends with the line "smoke: N passed, N failed"; exits non-zero on a failure.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CL="$HERE/cluster.sh"
+export SANCTUM_CLUSTER_DIR="${SMOKE_CLUSTER_DIR:-$(mktemp -d /tmp/sanctum-smoke.XXXXXX)}"
+export SANCTUM_ETCD_PORT="${SMOKE_ETCD_PORT:-22379}"
+export SANCTUM_ETCD_PEER_PORT="${SMOKE_ETCD_PEER_PORT:-22380}"
+export SANCTUM_APISERVER_PORT="${SMOKE_APISERVER_PORT:-26443}"
+export SANCTUM_KCM_PORT="${SMOKE_KCM_PORT:-26257}"
+export SANCTUM_SCHEDULER_PORT="${SMOKE_SCHEDULER_PORT:-26259}"
+WEBHOOK_PORT="${SMOKE_WEBHOOK_PORT:-26444}"
+
+passed=0 failed=0
+ok()   { passed=$((passed + 1)); echo "ok   - $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL - $*"; }
+check() {  # description command...
+  local d="$1"; shift
+  if "$@" >/tmp/smoke.$$.out 2>&1; then ok "$d"; else fail "$d"; sed 's/^/    /' /tmp/smoke.$$.out; fi
+}
+
+HELPER_PIDS=()
+cleanup() {
+  local p
+  for p in "${HELPER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  "$CL" down >/dev/null 2>&1 || true
+  rm -rf "$SANCTUM_CLUSTER_DIR" "$SANCTUM_CLUSTER_DIR.lock" /tmp/smoke.$$.*
+}
+trap cleanup EXIT
+
+start=$SECONDS
+if ! env_out="$("$CL" up)"; then
+  echo "smoke: cluster.sh up failed"
+  echo "smoke: 0 passed, 1 failed"
+  exit 1
+fi
+eval "$env_out"
+ok "cluster.sh up ($((SECONDS - start)) s)"
+K="$SANCTUM_KUBECTL"
+
+check "kubectl version reports server v1.36.4" \
+  bash -c "'$K' version -o json | grep -q '\"gitVersion\": \"v1.36.4\"'"
+check "/readyz is ok" bash -c "[[ \$('$K' get --raw /readyz) == ok ]]"
+check "helm runs" "$SANCTUM_HELM" version --short
+
+check "create namespace x" "$K" create namespace x
+check "default ServiceAccount appears in x" \
+  bash -c "for i in \$(seq 50); do '$K' -n x get sa default && exit 0; sleep 0.2; done; exit 1"
+check "create a pod (stays Pending without a scheduler)" bash -c "
+  '$K' -n x run p1 --image=busybox --restart=Never &&
+  [[ \$('$K' -n x get pod p1 -o jsonpath='{.status.phase}') == Pending ]]"
+
+token=""
+check "TokenRequest with audience sanctum" bash -c "'$K' create token default -n x --audience sanctum > /tmp/smoke.$$.token"
+token="$(cat /tmp/smoke.$$.token 2>/dev/null || true)"
+review() {  # audiences-json -> prints "authenticated username"
+  "$K" create -o jsonpath='{.status.authenticated} {.status.user.username}' -f - <<EOF
+apiVersion: authentication.k8s.io/v1
+kind: TokenReview
+spec: {token: "$token", audiences: $1}
+EOF
+}
+check "TokenReview accepts the token for audience sanctum" \
+  bash -c "[[ \"\$1\" == 'true system:serviceaccount:x:default' ]]" _ "$(review '["sanctum"]' 2>&1)"
+check "TokenReview rejects the token for another audience" \
+  bash -c "[[ \"\$1\" != true* ]]" _ "$(review '["other"]' 2>&1)"
+
+# The API server must be able to call an admission webhook on 127.0.0.1.
+if command -v python3 >/dev/null; then
+  wh="$SANCTUM_CLUSTER_DIR/webhook"
+  mkdir -p "$wh"
+  pki="$SANCTUM_CLUSTER_DIR/pki"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$wh/tls.key" 2>/dev/null
+  openssl req -new -key "$wh/tls.key" -subj /CN=webhook -out "$wh/tls.csr" 2>/dev/null
+  openssl x509 -req -in "$wh/tls.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -days 1 \
+    -extfile <(echo "subjectAltName=IP:127.0.0.1") -out "$wh/tls.crt" 2>/dev/null
+  cat >"$wh/server.py" <<'EOF'
+import http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["request"]
+        allowed = req["object"]["metadata"]["name"] != "denied"
+        out = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                          "response": {"uid": req["uid"], "allowed": allowed,
+                                       "status": {"message": "denied by smoke webhook"}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+srv = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2] + "/tls.crt", sys.argv[2] + "/tls.key")
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+EOF
+  python3 "$wh/server.py" "$WEBHOOK_PORT" "$wh" >"$wh/log" 2>&1 &
+  HELPER_PIDS+=($!)
+  "$K" apply -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: smoke}
+webhooks:
+- name: smoke.sanctum.test
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  clientConfig:
+    url: https://127.0.0.1:$WEBHOOK_PORT/validate
+    caBundle: $(base64 -w0 <"$pki/ca.crt")
+  rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}]
+  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}
+EOF
+  check "API server calls a webhook at https://127.0.0.1:$WEBHOOK_PORT (allowed)" \
+    bash -c "for i in \$(seq 20); do '$K' -n x create configmap allowed && exit 0; sleep 0.5; done; exit 1"
+  check "API server calls a webhook at https://127.0.0.1:$WEBHOOK_PORT (denied)" \
+    bash -c "out=\$('$K' -n x create configmap denied 2>&1); echo \"\$out\"; [[ \$out == *'denied by smoke webhook'* ]]"
+  "$K" delete validatingwebhookconfiguration smoke >/dev/null
+else
+  echo "skip - webhook check (no python3)"
+fi
+
+check "restart-apiserver" "$CL" restart-apiserver
+check "/readyz is ok after the restart" bash -c "[[ \$('$K' get --raw /readyz) == ok ]]"
+check "namespace controller deletes namespace x" "$K" delete namespace x --wait=true --timeout=90s
+check "cluster.sh up twice fails with 'already up'" \
+  bash -c "! '$CL' up 2>/tmp/smoke.$$.err && grep -q 'already up' /tmp/smoke.$$.err"
+check "cluster.sh status is 0 when up" "$CL" status
+check "cluster.sh down" "$CL" down
+check "cluster.sh status is non-zero when down" bash -c "! '$CL' status"
+check "cluster.sh down again is fine" "$CL" down
+
+if command -v python3 >/dev/null; then
+  python3 -c 'import socket,sys,time
+s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(60)' "$SANCTUM_APISERVER_PORT" &
+  HELPER_PIDS+=($!)
+  sleep 0.5
+  check "a port in use is named with its env var" \
+    bash -c "! '$CL' up 2>/tmp/smoke.$$.err && cat /tmp/smoke.$$.err && grep -q \"port $SANCTUM_APISERVER_PORT .*SANCTUM_APISERVER_PORT\" /tmp/smoke.$$.err"
+  kill "${HELPER_PIDS[-1]}" 2>/dev/null || true
+fi
+check "a missing binary says to run build" \
+  bash -c "! SANCTUM_CACHE=/nonexistent '$CL' up 2>/tmp/smoke.$$.err && cat /tmp/smoke.$$.err && grep -q 'build' /tmp/smoke.$$.err"
+check "a component crashing during start is named with its log" \
+  bash -c "if SANCTUM_APISERVER_EXTRA_ARGS=--no-such-flag '$CL' up 2>/tmp/smoke.$$.err; then exit 1; fi
+    cat /tmp/smoke.$$.err; grep -q 'kube-apiserver exited during start; log: ' /tmp/smoke.$$.err"
+
+
+echo "smoke: $passed passed, $failed failed"
+[[ "$failed" == 0 ]]
