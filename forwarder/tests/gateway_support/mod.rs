@@ -232,6 +232,7 @@ impl Gateway {
         let _ = self.child.wait();
         let child = Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
             .args(&self.args)
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
