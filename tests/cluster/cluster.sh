@@ -14,11 +14,16 @@ ETCD_VERSION=v3.6.16    # must match etcd/go.mod
 HELM_VERSION=v4.3.1     # must match helm/go.mod
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm)
 
-CACHE="${SANCTUM_CACHE:-$HOME/.cache/sanctum}"
+CACHE="${SANCTUM_CACHE:-${HOME:-/root}/.cache/sanctum}"
 BIN_DIR="$CACHE/k8s-$K8S_VERSION/bin"
-STATE="${SANCTUM_CLUSTER_DIR:-$HOME/.cache/sanctum/cluster}"
+STATE="${SANCTUM_CLUSTER_DIR:-${HOME:-/root}/.cache/sanctum/cluster}"
 
 export GOTOOLCHAIN=local
+# Go is installed in /usr/local/go; a non-login shell may not have it on PATH.
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+
 # Never send loopback traffic (webhooks, health checks) through a proxy.
 export NO_PROXY="127.0.0.1,localhost,::1${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
@@ -295,6 +300,16 @@ subjectAltName=IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kube
     issue admin "/O=system:masters/CN=sanctum-admin" "$client"
     issue kube-controller-manager "/CN=system:kube-controller-manager" "$client"
     issue kube-scheduler "/CN=system:kube-scheduler" "$client"
+    # Front proxy (aggregation layer / request-header authentication), as kubeadm does.
+    openssl ecparam -name prime256v1 -genkey -noout -out front-proxy-ca.key 2>/dev/null
+    openssl req -x509 -new -key front-proxy-ca.key -sha256 -days 3650 -subj "/CN=sanctum-front-proxy-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out front-proxy-ca.crt 2>/dev/null
+    openssl ecparam -name prime256v1 -genkey -noout -out front-proxy-client.key 2>/dev/null
+    openssl req -new -key front-proxy-client.key -subj "/CN=front-proxy-client" -out front-proxy-client.csr 2>/dev/null
+    openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial \
+      -sha256 -days 3650 -extfile <(printf '%s\n' "$client") -out front-proxy-client.crt 2>/dev/null
+    rm -f front-proxy-client.csr
     # ServiceAccount token signing key (RS256).
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
     openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -351,7 +366,12 @@ apiserver_args() {
     --service-account-key-file="$p/sa.pub"
     --service-account-signing-key-file="$p/sa.key"
     --api-audiences="$API_AUDIENCES"
+    --requestheader-client-ca-file="$p/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group
+    --requestheader-extra-headers-prefix=X-Remote-Extra-
+    --proxy-client-cert-file="$p/front-proxy-client.crt" --proxy-client-key-file="$p/front-proxy-client.key"
     --allow-privileged=true
+
     --profiling=false
     --v="$LOG_V"
   )
