@@ -15,6 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{Controller, watcher};
 use sanctum_common::admin::{self, AdminState};
 use sanctum_common::defaults;
@@ -75,6 +76,38 @@ impl AdminState for Admin {
     }
 }
 
+/// Backoff of the controller's watches: 0.5 s doubling to at most 5 s, with jitter.
+///
+/// client-go's (and kube's default) 30 s cap is kind to a struggling API server, but after
+/// an API server restart its fresh watch cache answers the first relists with 410 Gone a
+/// few times, and a 30 s cap then leaves runs unwatched for over a minute. One operator
+/// replica retrying every 5 s is cheap for the API server and keeps runs followed.
+#[derive(Debug, Default)]
+pub struct WatchBackoff {
+    attempt: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let base = 500u64.saturating_mul(1 << self.attempt.min(4)).min(5_000);
+        self.attempt = self.attempt.saturating_add(1);
+        // Up to 20 % jitter, so restarted replicas of anything do not retry in lockstep.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let jitter = u64::from(nanos) % (base / 5 + 1);
+        Some(std::time::Duration::from_millis(base + jitter))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     let config = OperatorConfig::load(args.config.as_deref())?;
     let client = Client::try_default()
@@ -132,6 +165,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let controller = Controller::new(runs, watcher::Config::default().any_semantic())
         .owns(Api::<Pod>::all(client.clone()), owned.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned)
+        .trigger_backoff(ResetTimerBackoff::new(
+            WatchBackoff::default(),
+            std::time::Duration::from_secs(60),
+        ))
         .shutdown_on_signal();
     admin_state.watching.store(true, Ordering::Relaxed);
     controller
@@ -147,4 +184,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_backoff_is_capped_and_resets() {
+        let mut b = WatchBackoff::default();
+        let delays: Vec<u64> = b.by_ref().take(8).map(|d| d.as_millis() as u64).collect();
+        assert!((500..=600).contains(&delays[0]), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= 6_000), "{delays:?}");
+        assert!(delays[7] >= 5_000, "{delays:?}");
+        b.reset();
+        assert!(b.next().unwrap().as_millis() <= 600);
+    }
 }
