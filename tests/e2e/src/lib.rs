@@ -189,10 +189,10 @@ impl Cluster {
             other: Default::default(),
         }];
         for ctx in &mut kubeconfig.contexts {
-            if ctx.name == context_name {
-                if let Some(c) = ctx.context.as_mut() {
-                    c.user = Some(user.clone());
-                }
+            if ctx.name == context_name
+                && let Some(c) = ctx.context.as_mut()
+            {
+                c.user = Some(user.clone());
             }
         }
         let path = dir.join(format!("{user}.kubeconfig"));
