@@ -29,7 +29,9 @@
 //! Per-request overrides, for benchmarks and tests, as request headers (they are recorded
 //! like any other): `x-standin-events: N` (content deltas), `x-standin-delay-ms: N` (gap
 //! between SSE events), `x-standin-hang: 1` (send `message_start`, then keep the stream open
-//! until the client goes away — see [`Provider::cancelled`]).
+//! until the client goes away — see [`Provider::cancelled`]), `x-standin-stamp: 1` (put an
+//! SSE comment line `: t=<unix time in ns>` before each event, written when the event is
+//! sent, so a benchmark can measure each event's delivery delay).
 
 pub mod jwt;
 pub mod sse;
@@ -378,6 +380,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
     let delay = header_num(&parts.headers, "x-standin-delay-ms")
         .map_or(cfg.event_delay, Duration::from_millis);
     let hang = parts.headers.contains_key("x-standin-hang");
+    let stamp = parts.headers.contains_key("x-standin-stamp");
     let events = sse::message_events(&id, &model, &cfg.reply, &cfg.usage, deltas);
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
     let state = state.clone();
@@ -390,6 +393,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let event = if stamp { stamped(event) } else { event };
             if tx.send(Frame::data(event)).await.is_err() {
                 cancelled();
                 return;
@@ -412,4 +416,14 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
     r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r.headers_mut().insert("request-id", HeaderValue::from_static("req_standin"));
     r
+}
+
+/// Prefixes an SSE event with a comment carrying the wall-clock send time in nanoseconds.
+fn stamped(event: Bytes) -> Bytes {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut out = format!(": t={nanos}\n").into_bytes();
+    out.extend_from_slice(&event);
+    Bytes::from(out)
 }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Reproduces bench/README.md: builds the release binaries, installs the peers (nginx,
+# mitmproxy; bench/setup.sh), then runs every measurement in one run on loopback.
+# Extra arguments go to sanctum-bench (e.g. --rounds 5, --no-peers, --requests 500).
+# Takes about 4-6 minutes on a 2-core machine.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here/.."
+bash bench/setup.sh
+cargo build --release -p sanctum-bridge -p sanctum-forwarder -p sanctum-testkit -p sanctum-bench
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+exec "$target_dir/release/sanctum-bench" --bench-dir "$here" "$@"
