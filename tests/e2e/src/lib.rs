@@ -144,18 +144,8 @@ impl Cluster {
     /// Applies the operator's namespace, ServiceAccount and RBAC from `manifests/` — only
     /// what Sanctum ships, so the operator runs with exactly those rights.
     pub fn install_operator_rbac(&self) {
-        let text = std::fs::read_to_string(workspace().join("manifests/operator.yaml")).unwrap();
-        let wanted = ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"];
-        let docs: Vec<String> = text
-            .split("\n---")
-            .filter(|doc| {
-                let v: serde_yaml::Value =
-                    serde_yaml::from_str(doc).unwrap_or(serde_yaml::Value::Null);
-                v.get("kind").and_then(|k| k.as_str()).is_some_and(|k| wanted.contains(&k))
-            })
-            .map(str::to_owned)
-            .collect();
-        kubectl_apply(&docs.join("\n---\n"));
+        let text = std::fs::read_to_string(workspace().join("manifests/operator-rbac.yaml")).unwrap();
+        kubectl_apply(&text);
     }
 
     /// A kubeconfig that authenticates as `namespace/service_account` with a token from the
