@@ -67,8 +67,9 @@ struct ServeArgs {
     /// Largest request head accepted, in bytes.
     #[arg(long, env = "SANCTUM_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     max_header_bytes: usize,
-    /// Worker threads.
-    #[arg(long, env = "SANCTUM_THREADS", default_value_t = 2)]
+    /// Worker threads; 1 (the default) runs everything on one thread: the lowest latency
+    /// and footprint for one agent's calls. More help only with many concurrent clients.
+    #[arg(long, env = "SANCTUM_THREADS", default_value_t = 1)]
     threads: usize,
     /// Log format: auto (JSON unless a terminal), json or text.
     #[arg(long, env = "SANCTUM_LOG_FORMAT", default_value = "auto")]
@@ -85,11 +86,12 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+    }
+    .context("cannot start the async runtime")?;
     runtime.block_on(run(args))
 }
 
