@@ -24,6 +24,7 @@ pub struct OperatorConfig {
     pub trat: Trat,
     pub pod: PodSettings,
     pub webhook: Webhook,
+    pub token_service: TokenService,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,8 +115,52 @@ pub struct PodSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Webhook {
-    /// URL of the token service `fetch-trat` calls from injected pods.
+    /// Base URL of the token service `fetch-trat` calls from injected pods (it posts to
+    /// `<url>/v1/trat`).
     pub token_service_url: String,
+    /// HTTPS address of the webhook and the token service (`run` serves them only when a
+    /// certificate and key are configured, here or with --tls-cert-file/--tls-key-file).
+    pub listen: String,
+    /// Serving certificate (PEM chain) and key; reloaded when the files change.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle that injected pods trust for the token service; it is handed to
+    /// `fetch-trat` in the `write-trat` container's environment. Unset: the serving
+    /// certificate chain itself (right for a self-signed certificate).
+    pub ca_bundle_file: Option<PathBuf>,
+    /// In `spiffe` identity mode, the ConfigMap (in the pod's namespace, key `helper.conf`)
+    /// with spiffe-helper's configuration for `fetch-jwt` of injected pods.
+    pub spiffe_helper_config_map: String,
+}
+
+/// The token service: which namespaces may trade a pod's ServiceAccount token for a TraT,
+/// on behalf of which org and with which budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TokenService {
+    /// Lifetime of a TraT minted for an injected pod.
+    pub trat_ttl_seconds: i64,
+    /// Policy per namespace.
+    pub namespaces: BTreeMap<String, NamespacePolicy>,
+    /// Policy of namespaces not listed; unset: they get no TraT (403).
+    pub default_policy: Option<NamespacePolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespacePolicy {
+    /// `tctx.org_id`: whose provider key the gateway uses.
+    pub org_id: String,
+    /// `tctx.budget_tokens`; unset: the gateway's default budget.
+    #[serde(default)]
+    pub budget_tokens: Option<u64>,
+}
+
+impl TokenService {
+    /// The policy of `namespace`, if it may have TraTs at all.
+    pub fn policy(&self, namespace: &str) -> Option<&NamespacePolicy> {
+        self.namespaces.get(namespace).or(self.default_policy.as_ref())
+    }
 }
 
 impl Default for OperatorConfig {
@@ -129,7 +174,14 @@ impl Default for OperatorConfig {
             trat: Trat::default(),
             pod: PodSettings::default(),
             webhook: Webhook::default(),
+            token_service: TokenService::default(),
         }
+    }
+}
+
+impl Default for TokenService {
+    fn default() -> Self {
+        Self { trat_ttl_seconds: 3600, namespaces: BTreeMap::new(), default_policy: None }
     }
 }
 
@@ -217,7 +269,14 @@ impl Default for PodSettings {
 
 impl Default for Webhook {
     fn default() -> Self {
-        Self { token_service_url: "https://sanctum-operator.sanctum-system.svc:8443".into() }
+        Self {
+            token_service_url: "https://sanctum-operator.sanctum-system.svc:8443".into(),
+            listen: format!("0.0.0.0:{}", defaults::WEBHOOK_PORT),
+            tls_cert_file: None,
+            tls_key_file: None,
+            ca_bundle_file: None,
+            spiffe_helper_config_map: "sanctum-spiffe-helper".into(),
+        }
     }
 }
 
@@ -266,6 +325,27 @@ impl OperatorConfig {
         }
         if self.trat.expiry_margin_seconds < 0 {
             return Err("trat.expiryMarginSeconds must not be negative".into());
+        }
+        if !self.webhook.token_service_url.starts_with("https://") {
+            return Err(format!(
+                "webhook.tokenServiceUrl '{}' must be an https:// URL: pods send their ServiceAccount token there",
+                self.webhook.token_service_url
+            ));
+        }
+        if self.webhook.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "webhook.listen '{}' must be an address like 0.0.0.0:8443",
+                self.webhook.listen
+            ));
+        }
+        if self.webhook.tls_cert_file.is_some() != self.webhook.tls_key_file.is_some() {
+            return Err(
+                "webhook.tlsCertFile and webhook.tlsKeyFile go together: set both or neither"
+                    .into(),
+            );
+        }
+        if !(60..=86_400).contains(&self.token_service.trat_ttl_seconds) {
+            return Err("tokenService.tratTtlSeconds must be between 60 and 86400".into());
         }
         if sanctum_common::SpiffeId::scanner(&self.identity.trust_domain, "x").is_err() {
             return Err(format!(

@@ -1,5 +1,6 @@
-//! `sanctum-operator run`: the controller and the admin port, in one process, shut down
-//! together on SIGTERM.
+//! `sanctum-operator run`: the controller, the admin port and (when a TLS certificate is
+//! configured) the webhook with the token service, in one process, shut down together on
+//! SIGTERM. `sanctum-operator webhook`: the webhook alone.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +27,9 @@ use crate::metrics::Metrics;
 use crate::names::{LABEL_MANAGED_BY, MANAGER};
 use crate::reconcile::{Context, SignerSlot, error_policy, now_secs, reconcile};
 use crate::revoked::Revoked;
+use crate::token_service::TokenService;
 use crate::tokens::Signer;
+use crate::webhook::server::{self, WebhookState};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -36,11 +39,55 @@ pub struct RunArgs {
     /// Admin address: /healthz, /readyz, /metrics, /.well-known/jwks.json, /revoked.
     #[arg(long, env = "SANCTUM_ADMIN_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], defaults::OPERATOR_ADMIN_PORT)))]
     pub admin_listen: SocketAddr,
+    /// HTTPS address of the webhook and token service (default: the config's webhook.listen).
+    #[arg(long, env = "SANCTUM_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+    /// Serving certificate (PEM) of the webhook; with --tls-key-file, turns the webhook and
+    /// the token service on (default: the config's webhook.tlsCertFile).
+    #[arg(long, env = "SANCTUM_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (PEM).
+    #[arg(long, env = "SANCTUM_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WebhookArgs {
+    /// HTTPS address to listen on.
+    #[arg(long, env = "SANCTUM_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], defaults::WEBHOOK_PORT)))]
+    pub listen: SocketAddr,
+    /// Serving certificate (PEM chain), reloaded when it changes on disk.
+    #[arg(long, env = "SANCTUM_TLS_CERT_FILE")]
+    pub tls_cert_file: PathBuf,
+    /// Private key of --tls-cert-file (PEM), reloaded with it.
+    #[arg(long, env = "SANCTUM_TLS_KEY_FILE")]
+    pub tls_key_file: PathBuf,
+    /// Operator config file (YAML).
+    #[arg(long, env = "SANCTUM_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// How often the serving certificate files are checked for changes.
+const TLS_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `sanctum-operator webhook`: the webhook alone, until SIGTERM/SIGINT.
+pub async fn webhook(args: WebhookArgs) -> Result<()> {
+    let config = OperatorConfig::load(args.config.as_deref())?;
+    let ca_file =
+        config.webhook.ca_bundle_file.clone().or_else(|| Some(args.tls_cert_file.clone()));
+    let tls =
+        server::bind(args.listen, args.tls_cert_file, args.tls_key_file, TLS_RELOAD_EVERY).await?;
+    let state = Arc::new(WebhookState::new(config, ca_file, None));
+    tracing::info!(listen = %args.listen, "sanctum-operator webhook started (no token service: that needs `run`)");
+    server::serve(tls, state, sanctum_common::proxy::server::shutdown_signal()).await;
+    tracing::info!("sanctum-operator webhook stopped");
+    Ok(())
 }
 
 struct Admin {
     ctx: Arc<Context>,
     watching: AtomicBool,
+    webhook: Option<Arc<WebhookState>>,
 }
 
 impl AdminState for Admin {
@@ -56,6 +103,9 @@ impl AdminState for Admin {
 
     fn metrics(&self, out: &mut String) {
         self.ctx.metrics.render(out, self.ctx.revoked.len());
+        if let Some(webhook) = &self.webhook {
+            webhook.counters.render(out);
+        }
     }
 
     fn route(&self, path: &str) -> Option<http::Response<Full<Bytes>>> {
@@ -138,6 +188,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
             None
         }
     };
+    // The webhook and token service, when a serving certificate is configured.
+    let cert = args.tls_cert_file.clone().or_else(|| config.webhook.tls_cert_file.clone());
+    let key = args.tls_key_file.clone().or_else(|| config.webhook.tls_key_file.clone());
+    let webhook = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let listen = match args.webhook_listen {
+                Some(addr) => addr,
+                None => config.webhook.listen.parse().context("webhook.listen")?,
+            };
+            let tls = server::bind(listen, cert.clone(), key, TLS_RELOAD_EVERY).await?;
+            let ca_file = config.webhook.ca_bundle_file.clone().or(Some(cert));
+            let signer = Arc::new(SignerSlot::new(key_file.clone(), initial.clone()));
+            let tokens = TokenService::new(client.clone(), config.clone(), signer);
+            let state = Arc::new(WebhookState::new(config.clone(), ca_file, Some(tokens)));
+            tracing::info!(%listen, "webhook and token service listening");
+            Some((tls, state))
+        }
+        _ => {
+            tracing::info!("no webhook TLS certificate configured: webhook and token service off");
+            None
+        }
+    };
     let reporter =
         Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
@@ -150,7 +222,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         failures: Default::default(),
     });
 
-    let admin_state = Arc::new(Admin { ctx: ctx.clone(), watching: AtomicBool::new(false) });
+    let admin_state = Arc::new(Admin {
+        ctx: ctx.clone(),
+        watching: AtomicBool::new(false),
+        webhook: webhook.as_ref().map(|(_, s)| s.clone()),
+    });
     let listener = admin::bind(args.admin_listen, "--admin-listen").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
@@ -159,6 +235,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let _ = stop.wait_for(|s| *s).await;
         }))
     };
+    let webhook_task = webhook.map(|(tls, state)| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(server::serve(tls, state, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     tracing::info!(admin = %args.admin_listen, "sanctum-operator started");
 
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
@@ -183,6 +265,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tracing::info!("controller stopped; shutting down");
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
+    if let Some(task) = webhook_task {
+        let _ = task.await;
+    }
     Ok(())
 }
 

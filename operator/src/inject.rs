@@ -46,7 +46,10 @@ pub enum TratSource {
     /// Copied from a key of a Secret (ScannerRuns, or `sanctum.dev/trat-secret`).
     Secret { name: String, key: String },
     /// Traded at the operator's token service for the pod's projected ServiceAccount token.
-    TokenService { url: String },
+    /// `ca_bundle` (PEM) is what `fetch-trat` trusts for that HTTPS call; it reaches the
+    /// container in its environment (`SANCTUM_TOKEN_SERVICE_CA`): a public certificate, so
+    /// no Secret or per-namespace ConfigMap has to be made first.
+    TokenService { url: String, ca_bundle: Option<String> },
 }
 
 /// Which app containers get the agent environment.
@@ -387,6 +390,7 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<(), Injec
 
     // The TraT.
     let trat_out = format!("--out={}", defaults::TRAT_FILE);
+    let mut trat_env = Vec::new();
     let (trat_args, trat_mounts) = match &injection.trat {
         TratSource::Secret { name, key } => {
             volumes.push(config_file_volume(
@@ -403,7 +407,10 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<(), Injec
                 vec![mount(VOLUME_RUN_SECRET, RUN_SECRET_DIR, true)],
             )
         }
-        TratSource::TokenService { url } => {
+        TratSource::TokenService { url, ca_bundle } => {
+            if let Some(pem) = ca_bundle {
+                trat_env.push(env("SANCTUM_TOKEN_SERVICE_CA", pem.clone()));
+            }
             volumes.push(projected_sa_token(VOLUME_SA_TOKEN, SA_TOKEN_AUDIENCE, 600, "token"));
             (
                 vec![
@@ -421,6 +428,7 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<(), Injec
     init.push(Container {
         command: Some(vec!["sanctum-bridge".into()]),
         args: Some(trat_args),
+        env: (!trat_env.is_empty()).then_some(trat_env),
         volume_mounts: Some(write_trat_mounts),
         ..base_container(CONTAINER_WRITE_TRAT, &config.images.bridge, config)
     });
@@ -506,7 +514,7 @@ mod tests {
                 audience: "sanctum-gateway".into(),
                 expiration_seconds: 3600,
             },
-            trat: TratSource::TokenService { url: "https://op:8443".into() },
+            trat: TratSource::TokenService { url: "https://op:8443".into(), ca_bundle: None },
             gateway_url: "http://gw:8080".into(),
             agents: Agents::All,
             model: Some("claude-sonnet-4-5".into()),

@@ -16,4 +16,6 @@ pub mod reconcile;
 pub mod render;
 pub mod revoked;
 pub mod status;
+pub mod token_service;
 pub mod tokens;
+pub mod webhook;

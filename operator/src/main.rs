@@ -26,8 +26,27 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the controller, token service and admin port in a cluster.
+    /// Run the controller, webhook, token service and admin port in a cluster.
     Run(sanctum_operator::controller::RunArgs),
+    /// Serve the mutating admission webhook alone (no cluster needed to inject).
+    Webhook(sanctum_operator::controller::WebhookArgs),
+    /// Print FILE with every opted-in pod (template) injected as the webhook would.
+    Inject {
+        /// YAML file (`-` for standard input): Pod, Deployment, StatefulSet, DaemonSet,
+        /// ReplicaSet, Job, CronJob; other kinds are printed unchanged.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Operator config file.
+        #[arg(long, env = "SANCTUM_CONFIG")]
+        config: Option<PathBuf>,
+        /// Treat the objects as living in a namespace labelled sanctum.dev/injection=enabled:
+        /// inject every pod not annotated sanctum.dev/inject: "false".
+        #[arg(long, env = "SANCTUM_NAMESPACE_ENABLED")]
+        namespace_enabled: bool,
+        /// PEM CA bundle to hand to fetch-trat (the token service's CA).
+        #[arg(long, env = "SANCTUM_CA_BUNDLE_FILE")]
+        ca_bundle_file: Option<PathBuf>,
+    },
     /// Print the ScannerRun CRD (YAML).
     Crd,
     /// Print the objects the controller would create for each ScannerRun in FILE.
@@ -100,6 +119,35 @@ fn real_main(cli: Cli) -> Result<()> {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(sanctum_operator::controller::run(args))
+        }
+        Command::Webhook(args) => {
+            telemetry::init(cli.log_format);
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(sanctum_operator::controller::webhook(args))
+        }
+        Command::Inject { file, config, namespace_enabled, ca_bundle_file } => {
+            use sanctum_operator::webhook::admission::{OptIn, Settings};
+            let config = OperatorConfig::load(config.as_deref())?;
+            let ca_file = ca_bundle_file.or_else(|| config.webhook.ca_bundle_file.clone());
+            let ca_bundle = match ca_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read CA bundle {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let opt_in = if namespace_enabled { OptIn::Namespace } else { OptIn::Annotation };
+            let text = read_input(&file)?;
+            let out = sanctum_operator::webhook::manifests::inject_file(
+                &text,
+                &config,
+                &Settings { ca_bundle },
+                opt_in,
+            )
+            .with_context(|| format!("cannot inject {}", file.display()))?;
+            print!("{out}");
+            Ok(())
         }
         Command::Crd => {
             print!("{}", crd::crd_yaml()?);
