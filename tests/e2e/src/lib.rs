@@ -144,7 +144,8 @@ impl Cluster {
     /// Applies the operator's namespace, ServiceAccount and RBAC from `manifests/` — only
     /// what Sanctum ships, so the operator runs with exactly those rights.
     pub fn install_operator_rbac(&self) {
-        let text = std::fs::read_to_string(workspace().join("manifests/operator-rbac.yaml")).unwrap();
+        let text =
+            std::fs::read_to_string(workspace().join("manifests/operator-rbac.yaml")).unwrap();
         kubectl_apply(&text);
     }
 
