@@ -8,12 +8,22 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CL="$HERE/cluster.sh"
 export SANCTUM_CLUSTER_DIR="${SMOKE_CLUSTER_DIR:-$(mktemp -d /tmp/sanctum-smoke.XXXXXX)}"
-export SANCTUM_ETCD_PORT="${SMOKE_ETCD_PORT:-22379}"
-export SANCTUM_ETCD_PEER_PORT="${SMOKE_ETCD_PEER_PORT:-22380}"
-export SANCTUM_APISERVER_PORT="${SMOKE_APISERVER_PORT:-26443}"
-export SANCTUM_KCM_PORT="${SMOKE_KCM_PORT:-26257}"
-export SANCTUM_SCHEDULER_PORT="${SMOKE_SCHEDULER_PORT:-26259}"
-WEBHOOK_PORT="${SMOKE_WEBHOOK_PORT:-26444}"
+# Ports: SMOKE_*_PORT, else the first free one from a base that differs from
+# cluster.sh's defaults.
+free_port() {
+  local p="$1"
+  while ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do
+    p=$((p + 1))
+  done
+  echo "$p"
+}
+export SANCTUM_ETCD_PORT="${SMOKE_ETCD_PORT:-$(free_port 32379)}"
+export SANCTUM_ETCD_PEER_PORT="${SMOKE_ETCD_PEER_PORT:-$(free_port $((SANCTUM_ETCD_PORT + 1)))}"
+export SANCTUM_APISERVER_PORT="${SMOKE_APISERVER_PORT:-$(free_port 36443)}"
+export SANCTUM_KCM_PORT="${SMOKE_KCM_PORT:-$(free_port 36257)}"
+export SANCTUM_SCHEDULER_PORT="${SMOKE_SCHEDULER_PORT:-$(free_port 36259)}"
+WEBHOOK_PORT="${SMOKE_WEBHOOK_PORT:-$(free_port $((SANCTUM_APISERVER_PORT + 1)))}"
+
 
 passed=0 failed=0
 ok()   { passed=$((passed + 1)); echo "ok   - $*"; }
