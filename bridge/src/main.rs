@@ -14,6 +14,7 @@ mod admin_state;
 mod fetch_trat;
 mod handler;
 mod tokens;
+mod write_trat;
 
 /// Loopback proxy inside the agent's pod: drops any credential the client sends, adds
 /// `Authorization: Bearer <JWT-SVID>` and `Txn-Token: <TraT>` (re-read from disk for every
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Trade the pod's projected ServiceAccount token for a TraT (the write-trat init container).
     FetchTrat(fetch_trat::Args),
+    /// Copy the TraT from the mounted Secret to /run/sage/trat.jwt, owner-only (ScannerRun pods).
+    WriteTrat(write_trat::Args),
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::FetchTrat(args)) => fetch_trat::run(args),
+        Some(Command::WriteTrat(args)) => write_trat::run(args),
         None => serve(cli.serve),
     }
 }
