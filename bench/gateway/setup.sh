@@ -5,7 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
-LITELLM_VERSION="1.109.1"
+LITELLM_VERSION="1.100.5"
 stamp=".venv/.sanctum-litellm-$LITELLM_VERSION"
 if [[ -f "$stamp" ]]; then
     exit 0
