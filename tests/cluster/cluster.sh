@@ -78,17 +78,17 @@ build_into() {
   say "building kube-apiserver kube-controller-manager kube-scheduler kubectl $K8S_VERSION (slow when cold)"
   (cd "$HERE/k8s" && CGO_ENABLED=0 go build "${goflags[@]}" -tags=selinux,notest -ldflags "$ld" -o "$out/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl) || return 1
   say "  ... $((SECONDS - t)) s"; t=$SECONDS
   say "building etcd $ETCD_VERSION"
   (cd "$HERE/etcd" && CGO_ENABLED=0 go build "${goflags[@]}" \
       -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" \
-      -o "$out/etcd" go.etcd.io/etcd/server/v3)
+      -o "$out/etcd" go.etcd.io/etcd/server/v3) || return 1
   say "  ... $((SECONDS - t)) s"; t=$SECONDS
   say "building helm $HELM_VERSION"
   (cd "$HERE/helm" && CGO_ENABLED=0 go build "${goflags[@]}" \
       -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
-      -o "$out/helm" helm.sh/helm/v4/cmd/helm)
+      -o "$out/helm" helm.sh/helm/v4/cmd/helm) || return 1
   say "  ... $((SECONDS - t)) s"
 }
 
@@ -110,10 +110,18 @@ cmd_build() {
   rm -rf "$parent"/bin.tmp.* "$parent"/bin.old.*
   tmp="$(mktemp -d "$parent/bin.tmp.XXXXXX")"
   start=$SECONDS
-  if ! build_into "$tmp"; then
+  # (build_into runs inside `if`, where set -e is off: it returns 1 itself.)
+  local b ok=1
+  if build_into "$tmp"; then
+    for b in "${BINARIES[@]}"; do [[ -x "$tmp/$b" ]] || ok=0; done
+  else
+    ok=0
+  fi
+  if [[ $ok != 1 ]]; then
     rm -rf "$tmp"
     die "build failed (nothing was installed in $BIN_DIR)"
   fi
+
   chmod 755 "$tmp"
   echo "$stamp" >"$tmp/.complete"
   if [[ -e "$BIN_DIR" ]]; then mv "$BIN_DIR" "$parent/bin.old.$$"; fi
