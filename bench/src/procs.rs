@@ -84,12 +84,15 @@ error_log {d}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    # Keep benchmark connections open (the defaults close after 1000 requests / 75 s).
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
     client_body_temp_path {d}/client_body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream gateway {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+    upstream gateway {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
     server {{
         listen unix:{socket};
         location / {{

@@ -131,12 +131,18 @@ impl TokenFile {
             match file.read(&mut buf[len..]) {
                 Ok(0) => return Ok(len),
                 Ok(n) => {
+                    let asked = buf.len() - len;
                     len += n;
                     if len == buf.len() {
                         return Err(TokenError::TooLarge {
                             label: self.label,
                             path: self.path.clone(),
                         });
+                    }
+                    // A regular file reads short only at its end: skip the read that would
+                    // return 0 (one syscall per file per request).
+                    if n < asked {
+                        return Ok(len);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
