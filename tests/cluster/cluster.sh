@@ -321,7 +321,13 @@ subjectAltName=IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kube
     # ServiceAccount token signing key (RS256).
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
     openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
-  ) || die "certificate generation with openssl failed (in $d)"
+  ) || true   # (set -e is off on the left of ||: check the results instead)
+  local f
+  for f in ca.crt apiserver.crt admin.crt kube-controller-manager.crt kube-scheduler.crt \
+           front-proxy-ca.crt front-proxy-client.crt sa.key sa.pub; do
+    [[ -s "$d/$f" ]] || die "certificate generation with openssl failed: no $d/$f"
+  done
+
 }
 
 write_kubeconfig() {  # file cert-name
