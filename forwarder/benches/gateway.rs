@@ -46,6 +46,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// SIGSTOP/SIGCONT: only the subject being measured runs, so an idle peer's background
+/// work (LiteLLM's event loop) never steals CPU from another's measurement.
+fn signal(pid: Option<u32>, sig: &str) {
+    if let Some(pid) = pid {
+        let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+    }
+}
+
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
@@ -332,8 +340,13 @@ async fn main() {
     for (i, (_, _, pid)) in subjects.iter().enumerate() {
         rows[i].rss_idle = pid.map_or(0, rss_kib);
     }
+    let pids: Vec<Option<u32>> = subjects.iter().map(|s| s.2).collect();
     for round in 0..rounds {
         for (i, (name, target, pid)) in subjects.iter().enumerate() {
+            for (j, other) in pids.iter().enumerate() {
+                signal(*other, if i == j { "-CONT" } else { "-STOP" });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
             // LiteLLM is two orders of magnitude slower: fewer requests keep the run bounded.
             let scale = if name.starts_with("LiteLLM") { 5 } else { 1 };
             let (p50, p99, f1) = latency(target, &small, n / scale).await;
