@@ -110,13 +110,12 @@ fn condition_reason(run: &ScannerRun, type_: &str) -> Option<String> {
 #[tokio::test]
 async fn crd_is_served_and_explained() {
     let Some((_guard, cluster)) = setup().await else { return };
-    let out = kubectl().args(["explain", "scannerrun.spec"]).output().expect("kubectl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl explain failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The API server publishes a new CRD's OpenAPI a few seconds after it is established.
+    let text = wait_for("kubectl explain scannerrun.spec", WAIT, || async {
+        let out = kubectl().args(["explain", "scannerrun.spec"]).output().expect("kubectl");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await;
     for field in ["image", "orgId", "source", "identity", "timeoutSeconds"] {
         assert!(text.contains(field), "kubectl explain lacks {field}:\n{text}");
     }
