@@ -15,9 +15,11 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::config::OperatorConfig;
@@ -219,10 +221,31 @@ pub fn decide(
     Ok(Verdict::Inject(crate::webhook::patch::pod_patch(pod, &injected)))
 }
 
+/// The `response` of an AdmissionReview. Built here rather than with kube's type, whose
+/// `patch` would serialize as an array of numbers; the API server wants base64.
+fn response(
+    uid: &str,
+    allowed: bool,
+    patch: Option<&json_patch::Patch>,
+    denial: Option<&str>,
+) -> Value {
+    let mut r = json!({"uid": uid, "allowed": allowed});
+    if let Some(patch) = patch {
+        let bytes = serde_json::to_vec(patch).unwrap_or_default();
+        r["patchType"] = json!("JSONPatch");
+        r["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    if let Some(message) = denial {
+        r["status"] = json!({"code": 403, "reason": "Forbidden", "message": message});
+    }
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": r})
+}
+
 /// What the server should answer.
 #[derive(Debug)]
 pub struct Answer {
-    pub review: AdmissionReview<DynamicObject>,
+    /// The AdmissionReview to send back.
+    pub review: Value,
     /// For the log: what was decided, and about which pod (never its content).
     pub outcome: &'static str,
     pub namespace: String,
@@ -248,27 +271,29 @@ pub fn review(
         serde_json::from_slice(body).map_err(|e| BadReview::Parse(e.to_string()))?;
     let req: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| BadReview::NoRequest)?;
-    let response = AdmissionResponse::from(&req);
+    let uid = req.uid.clone();
     let namespace = req.namespace.clone().unwrap_or_default();
-    let answer = |outcome, response: AdmissionResponse, message| Answer {
-        review: response.into_review(),
+    let answer = |outcome, review, message| Answer {
+        review,
         outcome,
         namespace: namespace.clone(),
         name: req.name.clone(),
         message,
     };
+    let allow = || response(&uid, true, None, None);
+    let deny = |message: &str| response(&uid, false, None, Some(message));
     // Anything but a Pod CREATE is not ours to judge: allow it untouched.
     if !is_pod(&req) || req.operation != Operation::Create {
-        return Ok(answer("ignored", response, None));
+        return Ok(answer("ignored", allow(), None));
     }
     let Some(object) = req.object.as_ref() else {
-        return Ok(answer("ignored", response, None));
+        return Ok(answer("ignored", allow(), None));
     };
     let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
         Ok(pod) => pod,
         Err(e) => {
             let refusal = Refusal::Pod(e.to_string()).to_string();
-            return Ok(answer("refused", response.deny(&refusal), Some(refusal)));
+            return Ok(answer("refused", deny(&refusal), Some(refusal)));
         }
     };
     let namespace = if namespace.is_empty() {
@@ -278,17 +303,13 @@ pub fn review(
     };
     // A dry run gets the same answer: the decision has no side effects to skip.
     Ok(match decide(&pod, &namespace, opt_in, config, settings) {
-        Ok(Verdict::Skip(reason)) => answer("skipped", response, Some(reason.to_owned())),
-        Ok(Verdict::Inject(patch)) => match response.clone().with_patch(patch) {
-            Ok(r) => answer("injected", r, None),
-            Err(e) => {
-                let message = format!("Sanctum cannot encode its patch: {e}");
-                answer("refused", response.deny(&message), Some(message))
-            }
-        },
+        Ok(Verdict::Skip(reason)) => answer("skipped", allow(), Some(reason.to_owned())),
+        Ok(Verdict::Inject(patch)) => {
+            answer("injected", response(&uid, true, Some(&patch), None), None)
+        }
         Err(refusal) => {
             let message = refusal.to_string();
-            answer("refused", response.deny(&message), Some(message))
+            answer("refused", deny(&message), Some(message))
         }
     })
 }
