@@ -271,20 +271,20 @@ async fn sse_events_arrive_as_they_are_sent() {
     assert_eq!(names.first(), Some(&"message_start"));
     assert_eq!(names.last(), Some(&"message_stop"));
     assert_eq!(names.len(), 10);
-    // Each event arrives about one delay after the previous, not all at the end.
+    // Events arrive as they are sent (150 ms apart), not all at the end: the first one
+    // long before the provider sends the last, and typical gaps of about one delay.
+    // (Medians, not every gap, so a scheduling hiccup on a busy machine cannot fail it.)
     let first = events[0].0 - start;
     let last = events[events.len() - 1].0 - start;
-    assert!(first < Duration::from_millis(120), "first event after {first:?}");
+    assert!(first < Duration::from_millis(600), "first event after {first:?}");
     assert!(last >= Duration::from_millis(150 * 8), "stream finished after {last:?}");
-    for pair in events.windows(2) {
-        let gap = pair[1].0 - pair[0].0;
-        assert!(
-            gap >= Duration::from_millis(100),
-            "events {} and {} came {gap:?} apart",
-            pair[0].1,
-            pair[1].1
-        );
-    }
+    let mut gaps: Vec<Duration> = events.windows(2).map(|p| p[1].0 - p[0].0).collect();
+    gaps.sort();
+    assert!(
+        gaps[gaps.len() / 2] >= Duration::from_millis(100),
+        "median gap {:?}",
+        gaps[gaps.len() / 2]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
