@@ -587,7 +587,12 @@ async fn bad_bodies_and_paths() {
     let (svid, trat) = (s.svid("run-x"), s.trat("run-x", "txn-x"));
     let a = call(&gw, Some(&svid), Some(&trat), "{not json".into()).await;
     assert_eq!(a.status, 400);
-    assert!(a.message().contains("not a JSON object"));
+    assert!(a.message().contains("not well-formed JSON"), "{}", a.message());
+    // A second max_tokens (parsers disagree on which wins) cannot dodge the budget.
+    let dup = r#"{"model":"m","max_tokens":1,"messages":[],"max_tokens":100000}"#;
+    let a = call(&gw, Some(&svid), Some(&trat), dup.into()).await;
+    assert_eq!(a.status, 400);
+    assert!(a.message().contains("'max_tokens' twice"), "{}", a.message());
     let a = call(&gw, Some(&svid), Some(&trat), json!({"model": "m", "messages": []}).to_string())
         .await;
     assert_eq!(a.status, 400);

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod budget;
 pub mod dlp;
+pub mod fields;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;

@@ -340,20 +340,13 @@ impl Gateway {
                 ));
             }
         };
-        #[derive(serde::Deserialize)]
-        struct Fields {
-            model: Option<serde_json::Value>,
-            max_tokens: Option<serde_json::Value>,
-            stream: Option<serde_json::Value>,
-        }
-        let fields: Fields = serde_json::from_slice(&body).map_err(|e| {
+        let fields = super::fields::read(&body).map_err(|e| {
             reject::bad_request(
                 "invalid_json",
-                format!("the request body is not a JSON object ({e}); send a Messages API request"),
+                format!("the request body {e}; send a Messages API request"),
             )
         })?;
-        audit.model =
-            fields.model.as_ref().and_then(|m| m.as_str()).map(|m| m.chars().take(128).collect());
+        audit.model = fields.model.as_ref().map(|m| m.chars().take(128).collect());
         audit.stream = fields.stream.as_ref().and_then(|s| s.as_bool()).unwrap_or(false);
         let max_tokens = if counting {
             0
