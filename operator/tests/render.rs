@@ -54,11 +54,13 @@ fn render_example(file: &str) -> Vec<serde_yaml::Value> {
 #[test]
 fn crd_matches_checked_in_file() {
     let generated = sanctum_operator::crd::crd_yaml().unwrap();
-    let checked_in = std::fs::read_to_string(root().join("crds/scannerrun.yaml")).unwrap();
-    assert!(
-        generated == checked_in,
-        "crds/scannerrun.yaml drifted from operator/src/crd.rs: run `cargo run -p sanctum-operator -- crd > crds/scannerrun.yaml`"
-    );
+    for file in ["crds/scannerrun.yaml", "charts/sanctum/crds/scannerrun.yaml"] {
+        let checked_in = std::fs::read_to_string(root().join(file)).unwrap();
+        assert!(
+            generated == checked_in,
+            "{file} drifted from operator/src/crd.rs: run `cargo run -p sanctum-operator -- crd > {file}`"
+        );
+    }
 }
 
 #[test]

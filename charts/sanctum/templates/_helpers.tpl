@@ -1,0 +1,26 @@
+{{- define "sanctum.labels" -}}
+app.kubernetes.io/part-of: sanctum
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{- define "sanctum.image" -}}
+{{ .root.Values.image.registry }}/{{ .name }}:{{ .root.Values.image.tag | default .root.Chart.AppVersion }}
+{{- end }}
+
+{{- define "sanctum.operatorConfig" -}}
+{{- $defaults := dict
+  "namespace" .Release.Namespace
+  "images" (dict
+    "bridge" (include "sanctum.image" (dict "root" . "name" "sanctum-bridge"))
+    "forwarder" (include "sanctum.image" (dict "root" . "name" "sanctum-forwarder")))
+  "gateway" (dict
+    "url" (printf "http://sanctum-gateway.%s.svc.cluster.local:%v" .Values.gateway.namespace .Values.gateway.port)
+    "namespace" .Values.gateway.namespace
+    "port" .Values.gateway.port
+    "podLabels" .Values.gateway.podLabels)
+  "trat" (dict "signingKeyFile" "/etc/sanctum/signing-key/key.pem")
+-}}
+{{- toYaml (mergeOverwrite $defaults (deepCopy .Values.operator.config)) }}
+{{- end }}

@@ -1,0 +1,78 @@
+//! The Helm chart against a real API server: `helm install` creates what it should and
+//! `helm uninstall` removes it; the plain manifests are the chart's rendering.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::Api;
+use sanctum_e2e::*;
+
+fn helm() -> Option<Command> {
+    match std::env::var_os("SANCTUM_HELM") {
+        Some(helm) => Some(Command::new(helm)),
+        None => {
+            assert!(!required(), "SANCTUM_HELM is unset: tests/cluster/cluster.sh env names the helm it built");
+            eprintln!("e2e: SKIPPED: SANCTUM_HELM is unset");
+            None
+        }
+    }
+}
+
+fn run(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn manifests_are_the_charts_rendering() {
+    let Some(_) = helm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut render = Command::new(workspace().join("scripts/render-manifests"));
+    render.arg(dir.path());
+    run(render);
+    for file in ["operator-rbac.yaml", "sanctum.yaml"] {
+        let fresh = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        let checked_in = std::fs::read_to_string(workspace().join("manifests").join(file)).unwrap();
+        assert!(fresh == checked_in, "manifests/{file} is stale: run scripts/render-manifests");
+    }
+}
+
+#[tokio::test]
+async fn helm_install_and_uninstall() {
+    let Some(mut install) = helm() else { return };
+    let _guard = SERIAL.lock().await;
+    let Some(cluster) = Cluster::connect().await else { return };
+    let ns = cluster.namespace("helm", &[]).await;
+    let release = format!("r{}", &ns.name[ns.name.len() - 6..]);
+    install.args(["install", &release]).arg(workspace().join("charts/sanctum")).args(["--namespace", &ns.name, "--wait=false"]);
+    run(install);
+
+    let client = cluster.client.clone();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let operator = deployments.get(&format!("{release}-operator")).await.unwrap();
+    let spec = operator.spec.unwrap().template.spec.unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some(format!("{release}-operator").as_str()));
+    let args = spec.containers[0].args.clone().unwrap();
+    assert_eq!(&args[..3], ["run", "--config", "/etc/sanctum/config/config.yaml"]);
+    let config = Api::<ConfigMap>::namespaced(client.clone(), &ns.name).get(&format!("{release}-operator")).await.unwrap();
+    let config_yaml = &config.data.unwrap()["config.yaml"];
+    // The rendered operator config is one the operator accepts.
+    let parsed = sanctum_operator::config::OperatorConfig::parse(config_yaml, std::path::Path::new("config.yaml")).unwrap();
+    assert_eq!(parsed.namespace, ns.name);
+    assert!(Api::<DaemonSet>::namespaced(client.clone(), &ns.name).get(&format!("{release}-seccomp-installer")).await.is_ok());
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    roles.get(&format!("{release}-operator")).await.unwrap();
+
+    let mut uninstall = helm().unwrap();
+    uninstall.args(["uninstall", &release, "--namespace", &ns.name]);
+    run(uninstall);
+    wait_for("helm uninstall to remove the ClusterRole", Duration::from_secs(30), || async {
+        roles.get_opt(&format!("{release}-operator")).await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+}
