@@ -15,7 +15,10 @@ fn helm() -> Option<Command> {
     match std::env::var_os("SANCTUM_HELM") {
         Some(helm) => Some(Command::new(helm)),
         None => {
-            assert!(!required(), "SANCTUM_HELM is unset: tests/cluster/cluster.sh env names the helm it built");
+            assert!(
+                !required(),
+                "SANCTUM_HELM is unset: tests/cluster/cluster.sh env names the helm it built"
+            );
             eprintln!("e2e: SKIPPED: SANCTUM_HELM is unset");
             None
         }
@@ -49,7 +52,11 @@ async fn helm_install_and_uninstall() {
     let Some(cluster) = Cluster::connect().await else { return };
     let ns = cluster.namespace("helm", &[]).await;
     let release = format!("r{}", &ns.name[ns.name.len() - 6..]);
-    install.args(["install", &release]).arg(workspace().join("charts/sanctum")).args(["--namespace", &ns.name, "--wait=false"]);
+    install.args(["install", &release]).arg(workspace().join("charts/sanctum")).args([
+        "--namespace",
+        &ns.name,
+        "--wait=false",
+    ]);
     run(install);
 
     let client = cluster.client.clone();
@@ -59,12 +66,24 @@ async fn helm_install_and_uninstall() {
     assert_eq!(spec.service_account_name.as_deref(), Some(format!("{release}-operator").as_str()));
     let args = spec.containers[0].args.clone().unwrap();
     assert_eq!(&args[..3], ["run", "--config", "/etc/sanctum/config/config.yaml"]);
-    let config = Api::<ConfigMap>::namespaced(client.clone(), &ns.name).get(&format!("{release}-operator")).await.unwrap();
+    let config = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .get(&format!("{release}-operator"))
+        .await
+        .unwrap();
     let config_yaml = &config.data.unwrap()["config.yaml"];
     // The rendered operator config is one the operator accepts.
-    let parsed = sanctum_operator::config::OperatorConfig::parse(config_yaml, std::path::Path::new("config.yaml")).unwrap();
+    let parsed = sanctum_operator::config::OperatorConfig::parse(
+        config_yaml,
+        std::path::Path::new("config.yaml"),
+    )
+    .unwrap();
     assert_eq!(parsed.namespace, ns.name);
-    assert!(Api::<DaemonSet>::namespaced(client.clone(), &ns.name).get(&format!("{release}-seccomp-installer")).await.is_ok());
+    assert!(
+        Api::<DaemonSet>::namespaced(client.clone(), &ns.name)
+            .get(&format!("{release}-seccomp-installer"))
+            .await
+            .is_ok()
+    );
     let roles: Api<ClusterRole> = Api::all(client.clone());
     roles.get(&format!("{release}-operator")).await.unwrap();
 
