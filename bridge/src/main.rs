@@ -93,7 +93,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
     }
     .context("cannot start the async runtime")?;
     runtime.block_on(run(args))
