@@ -8,7 +8,7 @@
 //! | [`body`] | [`ProxyBody`]: the one body type on both sides, streaming frame by frame with an idle (not total) timeout |
 //! | [`limits`] | [`Limits`]: every size cap and timeout in one place, with the defaults the binaries use |
 //! | [`client`] | [`UpstreamClient`]: a pooled keep-alive hyper client over a Unix socket or over TCP/TLS (rustls, system roots plus an optional CA file) |
-//! | [`server`] | [`serve`]: the accept loop (TCP or Unix) with the head guard, metrics and graceful shutdown |
+//! | [`server`] | [`serve`]: the accept loop (TCP or Unix) with the head guard, metrics and graceful shutdown; [`server::serve_connection`] for connections the caller accepts itself (TLS); [`server::shutdown_signal`] |
 //! | [`metrics`] | [`ProxyMetrics`]: requests by status, upstream errors, in-flight, latency histogram, as Prometheus text |
 //! | [`listen`] | binding helpers: loopback-only TCP, owner-only Unix sockets replacing a stale one |
 //!

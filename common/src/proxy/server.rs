@@ -18,7 +18,8 @@ use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+/// Re-exported for [`serve_connection`] callers.
+pub use hyper_util::server::graceful::GracefulShutdown;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
@@ -150,6 +151,46 @@ async fn one_request<H: Handler>(
     response.map(|body| body.track(in_flight))
 }
 
+fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
+        .max_header_size(limits.max_header_bytes);
+    builder
+}
+
+/// Serves one connection that the caller accepted itself — e.g. after a TLS handshake,
+/// which must not run inside the accept loop. Same per-request behaviour as [`serve`]
+/// (head guard, CONNECT refused, metrics). The connection is registered with `graceful`
+/// now, so the caller's shutdown drains it; the returned future (spawn it) ends when the
+/// connection closes.
+pub fn serve_connection<I, H>(
+    io: I,
+    handler: Arc<H>,
+    limits: &Limits,
+    metrics: Arc<ProxyMetrics>,
+    graceful: &GracefulShutdown,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let guard = Arc::new(Mutex::new(HeadGuard::new(limits.max_header_bytes)));
+    let io = TokioIo::new(GuardedIo { inner: io, guard: guard.clone() });
+    let service = service_fn(move |req| {
+        let (handler, guard, metrics) = (handler.clone(), guard.clone(), metrics.clone());
+        async move { Ok::<_, Infallible>(one_request(&*handler, &guard, &metrics, req).await) }
+    });
+    let connection = graceful.watch(http1_builder(limits).serve_connection(io, service));
+    async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "client connection ended with an error");
+        }
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` completes, then stops accepting and
 /// gives in-flight requests (streams included) [`Limits::grace_period`] to finish.
 pub async fn serve<L: Listener, H: Handler>(
@@ -159,12 +200,6 @@ pub async fn serve<L: Listener, H: Handler>(
     metrics: Arc<ProxyMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
-        .max_header_size(limits.max_header_bytes);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -180,19 +215,7 @@ pub async fn serve<L: Listener, H: Handler>(
                 }
             },
         };
-        let guard = Arc::new(Mutex::new(HeadGuard::new(limits.max_header_bytes)));
-        let io = TokioIo::new(GuardedIo { inner: io, guard: guard.clone() });
-        let (handler, metrics) = (handler.clone(), metrics.clone());
-        let service = service_fn(move |req| {
-            let (handler, guard, metrics) = (handler.clone(), guard.clone(), metrics.clone());
-            async move { Ok::<_, Infallible>(one_request(&*handler, &guard, &metrics, req).await) }
-        });
-        let connection = graceful.watch(builder.serve_connection(io, service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "client connection ended with an error");
-            }
-        });
+        tokio::spawn(serve_connection(io, handler.clone(), &limits, metrics.clone(), &graceful));
     }
     drop(listener);
     tracing::info!(
