@@ -506,3 +506,43 @@ async fn sigterm_lets_streams_finish_then_exits() {
     assert!(exit.success(), "{exit:?}");
     assert!(TcpStream::connect(env.listen).await.is_err(), "still accepting after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_is_bounded_but_a_long_stream_is_not() {
+    let cfg =
+        ProviderConfig { event_delay: Duration::from_millis(400), ..ProviderConfig::default() };
+    let env = start_with(Some(cfg), &["--body-idle-timeout", "1"]).await;
+    let send = |extra: &'static str| {
+        let listen = env.listen;
+        async move {
+            let mut stream = BufReader::new(TcpStream::connect(listen).await.unwrap());
+            let body = body_json(true);
+            let head = format!(
+                "POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.get_mut().write_all(head.as_bytes()).await.unwrap();
+            stream.get_mut().write_all(&body).await.unwrap();
+            let mut all = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut all))
+                .await;
+            all
+        }
+    };
+    // Ten events 400 ms apart: 3.6 s in total, well past the 1 s idle timeout.
+    let start = Instant::now();
+    let long = send("").await;
+    assert!(start.elapsed() >= Duration::from_millis(3000));
+    assert!(long.contains("event: message_stop"), "a long but lively stream was cut: {long}");
+    // A stream that goes silent after its first event is ended after about 1 s, and the
+    // upstream request is cancelled.
+    let start = Instant::now();
+    let stalled = send("x-standin-stall: 1\r\n").await;
+    let took = start.elapsed();
+    assert!(stalled.contains("event: message_start") && !stalled.contains("message_stop"));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "ended after {took:?}"
+    );
+    assert!(env.provider().wait_cancelled(1, Duration::from_secs(5)).await);
+}

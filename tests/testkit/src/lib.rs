@@ -29,7 +29,8 @@
 //! Per-request overrides, for benchmarks and tests, as request headers (they are recorded
 //! like any other): `x-standin-events: N` (content deltas), `x-standin-delay-ms: N` (gap
 //! between SSE events), `x-standin-hang: 1` (send `message_start`, then keep the stream open
-//! until the client goes away — see [`Provider::cancelled`]), `x-standin-stamp: 1` (put an
+//! until the client goes away — see [`Provider::cancelled`]), `x-standin-stall: 1` (send
+//! `message_start`, then nothing at all until the client goes away), `x-standin-stamp: 1` (put an
 //! SSE comment line `: t=<unix time in ns>` before each event, written when the event is
 //! sent, so a benchmark can measure each event's delivery delay).
 
@@ -381,6 +382,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
         .map_or(cfg.event_delay, Duration::from_millis);
     let hang = parts.headers.contains_key("x-standin-hang");
     let stamp = parts.headers.contains_key("x-standin-stamp");
+    let stall = parts.headers.contains_key("x-standin-stall");
     let events = sse::message_events(&id, &model, &cfg.reply, &cfg.usage, deltas);
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
     let state = state.clone();
@@ -397,6 +399,17 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
             if tx.send(Frame::data(event)).await.is_err() {
                 cancelled();
                 return;
+            }
+            if stall && i == 0 {
+                // Silent until the client goes away. Empty frames never reach the wire
+                // (hyper discards them); they only tell when the body was dropped.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if tx.send(Frame::data(Bytes::new())).await.is_err() {
+                        cancelled();
+                        return;
+                    }
+                }
             }
             if hang && i == 0 {
                 // Wait for the client to go away: the channel closes when hyper drops the body.
