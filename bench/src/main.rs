@@ -282,7 +282,6 @@ async fn measure(cli: &Cli, s: &Subject) -> anyhow::Result<Row> {
 fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
     let med = |s: &Subject, f: &dyn Fn(&Row) -> f64| median(s.rows.iter().map(f).collect());
     let direct = &subjects[0];
-    let d = |f: &dyn Fn(&Row) -> f64| med(direct, f);
     let mut summary: BTreeMap<&str, [f64; 8]> = BTreeMap::new();
     println!("\n### {title}\n");
     println!(
@@ -294,15 +293,20 @@ fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in subjects {
+        // Added = subject minus direct of the same round, then the median over rounds:
+        // a round disturbed by other load shifts both.
+        let added = |f: &dyn Fn(&Row) -> f64| {
+            median(s.rows.iter().zip(&direct.rows).map(|(a, b)| f(a) - f(b)).collect())
+        };
         let v = [
             med(s, &|r| r.small.p50),
             med(s, &|r| r.small.p99),
-            med(s, &|r| r.small.p50) - d(&|r| r.small.p50),
-            med(s, &|r| r.small.p99) - d(&|r| r.small.p99),
-            med(s, &|r| r.large.p50) - d(&|r| r.large.p50),
-            med(s, &|r| r.large.p99) - d(&|r| r.large.p99),
+            added(&|r| r.small.p50),
+            added(&|r| r.small.p99),
+            added(&|r| r.large.p50),
+            added(&|r| r.large.p99),
             med(s, &|r| r.rps),
-            med(s, &|r| r.sse_us) - d(&|r| r.sse_us),
+            added(&|r| r.sse_us),
         ];
         let rss200 = med(s, &|r| r.rss_200_kib as f64);
         let complete = s.rows.iter().map(|r| r.streams_ok).min().unwrap_or(0);
@@ -344,7 +348,11 @@ fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
         "| against | throughput (×) | added p50 small (peer ÷ ours) | added p99 small | added p50 100 KB | SSE added delay |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
-    println!("| direct | {:.2} of direct | – | – | – | – |", us[6] / d(&|r| r.rps));
+    // Same-round ratios, then the median: the direct rate moves with the machine's load.
+    let ours_rows = subjects.iter().find(|s| s.name == ours).map_or(&[][..], |s| &s.rows[..]);
+    let of_direct =
+        median(ours_rows.iter().zip(&direct.rows).map(|(a, b)| a.rps / b.rps).collect());
+    println!("| direct | {of_direct:.2} of direct | – | – | – | – |");
     for s in subjects.iter().skip(1).filter(|s| s.name != ours) {
         let p = summary[s.name];
         println!(
