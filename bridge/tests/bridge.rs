@@ -198,7 +198,20 @@ async fn token_file_problems_are_503_naming_the_file() {
             std::fs::write(&path, saved).unwrap();
         }
     }
+    // Unreadable: a directory where the file should be (root reads any file, so
+    // permissions cannot make one unreadable in this test).
+    let saved = std::fs::read(env.jwt_file()).unwrap();
+    std::fs::remove_file(env.jwt_file()).unwrap();
+    std::fs::create_dir(env.jwt_file()).unwrap();
+    let reply = request(env.listen, "POST", "/v1/messages", &[], &body_json(false)).await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.body.contains("cannot be read"), "{}", reply.body);
+    std::fs::remove_dir(env.jwt_file()).unwrap();
+    std::fs::write(env.jwt_file(), saved).unwrap();
     assert_eq!(env.provider().served(), 0, "no request may be forwarded without both tokens");
+    // And with both files back, requests flow again.
+    let reply = request(env.listen, "POST", "/v1/messages", &[], &body_json(false)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
