@@ -2,7 +2,7 @@
 # Reproduces bench/README.md: builds the release binaries, installs the peers (nginx,
 # mitmproxy; bench/setup.sh), then runs every measurement in one run on loopback.
 # Extra arguments go to sanctum-bench (e.g. --rounds 5, --no-peers, --requests 500).
-# Takes about 4-6 minutes on a 2-core machine.
+# Measurements take about 6 minutes on a 2-core machine (the first release build 10-15).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
