@@ -193,7 +193,7 @@ impl admin::AdminState for Admin {
         );
         let _ = writeln!(
             out,
-            "# HELP sanctum_gateway_audit_dropped_total Audit lines dropped (queue full).\n\
+            "# HELP sanctum_gateway_audit_dropped_total Audit lines that could not be written.\n\
              # TYPE sanctum_gateway_audit_dropped_total counter\nsanctum_gateway_audit_dropped_total {}",
             gw.audit.dropped.load(std::sync::atomic::Ordering::Relaxed)
         );

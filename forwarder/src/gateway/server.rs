@@ -502,6 +502,14 @@ impl Finish {
         audit.cache_read_input_tokens = usage.cache_read_input_tokens;
         audit.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
         gw.metrics.tokens(&run.org, &run.txn, run.keep_until, &usage);
+        let in_memory = match &run.reservation {
+            None => true,
+            Some(id) => gw.state.settle_in_memory(&run.txn, id, usage.total()).is_some(),
+        };
+        if in_memory {
+            gw.audit.write(&audit);
+            return;
+        }
         let settle = async move {
             if let Some(id) = &run.reservation {
                 let total = usage.total();

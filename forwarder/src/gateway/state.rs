@@ -266,6 +266,17 @@ impl State {
         }
     }
 
+    /// Settles at once when the state is in memory (no I/O); `None` for Redis, which the
+    /// caller settles asynchronously with [`State::settle`].
+    pub fn settle_in_memory(&self, txn: &str, id: &str, used: u64) -> Option<u64> {
+        match self {
+            State::Memory(m) => {
+                Some(Self::mem(m).runs.entry(txn.to_owned()).or_default().settle(id, used))
+            }
+            State::Redis(_) => None,
+        }
+    }
+
     /// Forgets memory records of runs whose TraT expired long ago (Redis expires its own).
     pub fn prune(&self, now: u64) {
         if let State::Memory(m) = self {
