@@ -125,10 +125,10 @@ fn inject_document(
         })?;
     let Verdict::Inject(patch) = verdict else { return Ok(None) };
     // Templates may lack metadata or annotations; the patch adds to what is there.
-    if template.get("metadata").is_none() {
-        if let Some(obj) = template.as_object_mut() {
-            obj.insert("metadata".into(), Value::Object(Default::default()));
-        }
+    if template.get("metadata").is_none()
+        && let Some(obj) = template.as_object_mut()
+    {
+        obj.insert("metadata".into(), Value::Object(Default::default()));
     }
     json_patch::patch(template, &patch).map_err(|e| InjectFileError::Template {
         doc,
