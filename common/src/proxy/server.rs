@@ -28,13 +28,16 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::guard::HeadGuard;
+use crate::proxy::hop::strip_hop_by_hop;
 use crate::proxy::limits::Limits;
 use crate::proxy::metrics::ProxyMetrics;
 
 /// Turns one request into one response. Implement it with an `async fn`.
 ///
-/// The request's body is hyper's [`Incoming`]: wrap it with `ProxyBody::from` to stream it
-/// on. Errors are answered, not returned: build them with [`ApiError::to_response`].
+/// The request arrives with its hop-by-hop headers already removed (so headers the handler
+/// adds are safe from a client's `Connection: <name>`), after the head guard accepted it.
+/// Its body is hyper's [`Incoming`]: wrap it with `ProxyBody::from` to stream it on.
+/// Errors are answered, not returned: build them with [`ApiError::to_response`].
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
@@ -145,7 +148,13 @@ async fn one_request<H: Handler>(
             )
             .retry(crate::error::Retry::Never),
         ),
-        Ok(()) => handler.handle(req).await,
+        Ok(()) => {
+            // Before the handler: a client's `Connection: <name>` must not be able to remove
+            // a header the handler adds (the tokens, the provider key) when it is forwarded.
+            let mut req = req;
+            strip_hop_by_hop(req.headers_mut());
+            handler.handle(req).await
+        }
     };
     metrics.record(response.status(), start.elapsed());
     response.map(|body| body.track(in_flight))
