@@ -90,15 +90,8 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()
-    }
-    .context("cannot start the async runtime")?;
+    let runtime =
+        sanctum_common::runtime::build(args.threads).context("cannot start the async runtime")?;
     runtime.block_on(run(args))
 }
 

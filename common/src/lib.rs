@@ -8,6 +8,7 @@ pub mod defaults;
 pub mod error;
 pub mod headers;
 pub mod proxy;
+pub mod runtime;
 pub mod spiffe;
 pub mod telemetry;
 

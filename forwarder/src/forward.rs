@@ -92,15 +92,8 @@ impl AdminState for Admin {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()
-    }
-    .context("cannot start the async runtime")?;
+    let runtime =
+        sanctum_common::runtime::build(args.threads).context("cannot start the async runtime")?;
     runtime.block_on(serve(args))
 }
 
