@@ -1,0 +1,287 @@
+//! Admission handling over loopback HTTPS: the real webhook server (`server::serve`, TLS,
+//! the pure decision, the JSONPatch) in this process, and an open-loop client that sends
+//! AdmissionReviews of an annotated two-container pod (the injecting path, the slowest) at
+//! a fixed rate over keep-alive connections, like the API server does. Latency is measured
+//! from the moment a request is sent to the end of its answer, and also from its
+//! *scheduled* send time, so a stalled server cannot hide its queue (no coordinated
+//! omission; that figure also carries the timer's 1 ms granularity). Then a closed-loop
+//! run finds the throughput ceiling.
+//! Loopback only; bounded in time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use sanctum_operator::config::OperatorConfig;
+use sanctum_operator::webhook::server::{self, WebhookState};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(name = "sanctum-admission-bench")]
+struct Args {
+    /// Reviews per second in the open-loop run.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// Seconds of the open-loop run.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Keep-alive connections (the API server keeps a few per webhook).
+    #[arg(long, default_value_t = 4)]
+    connections: u32,
+    /// Seconds of the closed-loop (as fast as possible) run; 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    max_seconds: u64,
+    /// Worker threads of the server's runtime.
+    #[arg(long, default_value_t = 2)]
+    server_threads: usize,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+fn review_body() -> Bytes {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "reviewer-7d9c-", "namespace": "team-a",
+            "labels": {"app": "reviewer", "pod-template-hash": "7d9c"},
+            "annotations": {"sanctum.dev/inject": "true", "sanctum.dev/containers": "claude",
+                            "sanctum.dev/model": "claude-sonnet-4-5"}},
+        "spec": {
+            "serviceAccountName": "reviewer",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {"name": "claude", "image": "ghcr.io/example/claude-code:2.0.0",
+                 "args": ["-p", "review the repository"],
+                 "env": [{"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "anthropic", "key": "api-key"}}},
+                         {"name": "HOME", "value": "/home/claude"}],
+                 "envFrom": [{"secretRef": {"name": "settings"}}],
+                 "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+                 "volumeMounts": [{"name": "repo", "mountPath": "/repo"}],
+                 "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}},
+                {"name": "git-sync", "image": "registry.k8s.io/git-sync/git-sync:v4.4.0",
+                 "args": ["--repo=https://github.com/example/app", "--root=/repo"],
+                 "volumeMounts": [{"name": "repo", "mountPath": "/repo"}]}
+            ],
+            "volumes": [{"name": "repo", "emptyDir": {}}],
+            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]
+        }
+    });
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a", "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
+                         "groups": ["system:serviceaccounts", "system:authenticated"]},
+            "object": pod, "oldObject": null, "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    });
+    Bytes::from(review.to_string())
+}
+
+async fn connect(addr: SocketAddr, ca: &str) -> anyhow::Result<Sender> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1")?, tcp)
+        .await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn send(sender: &mut Sender, body: &Bytes) -> anyhow::Result<()> {
+    sender.ready().await?;
+    let req = http::Request::post("/mutate")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))?;
+    let resp = sender.send_request(req).await?;
+    anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    // Every answer must carry the patch, or the run measured the wrong path.
+    anyhow::ensure!(bytes.windows(9).any(|w| w == b"\"patch\":\""), "no patch in the answer");
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Certificates and the server, on a runtime of their own.
+    let dir = tempfile::tempdir()?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_pem = ca_params.self_signed(&ca_key)?.pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])?.signed_by(&key, &issuer)?;
+    std::fs::write(dir.path().join("tls.crt"), cert.pem())?;
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem())?;
+    std::fs::write(dir.path().join("ca.crt"), &ca_pem)?;
+
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.server_threads.max(1))
+        .enable_all()
+        .build()?;
+    let addr = server_rt.block_on(async {
+        let tls = server::bind(
+            "127.0.0.1:0".parse()?,
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            Duration::from_secs(2),
+        )
+        .await?;
+        let addr = tls.listener.local_addr()?;
+        let mut config = OperatorConfig::default();
+        config.identity.source = sanctum_operator::crd::IdentitySource::ServiceAccountToken;
+        let state = Arc::new(WebhookState::new(config, Some(dir.path().join("ca.crt")), None));
+        tokio::spawn(server::serve(tls, state, std::future::pending()));
+        anyhow::Ok(addr)
+    })?;
+
+    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    client_rt.block_on(async move {
+        let body = review_body();
+        // Warm-up: connections, TLS sessions, allocator.
+        let mut senders = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            senders.push(connect(addr, &ca_pem).await.context("cannot connect")?);
+        }
+        for s in &mut senders {
+            for _ in 0..50 {
+                send(s, &body).await?;
+            }
+        }
+
+        // Open loop at a fixed rate, spread over the connections.
+        let per_conn = f64::from(args.rate) / senders.len() as f64;
+        let period = Duration::from_secs_f64(1.0 / per_conn);
+        let total = (per_conn * args.seconds as f64) as usize;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (i, mut sender) in senders.into_iter().enumerate() {
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move {
+                // Stagger the connections across one period.
+                let offset = period.mul_f64(i as f64 / f64::from(args.connections.max(1)));
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut lat = Vec::with_capacity(total);
+                let mut late = Vec::with_capacity(total);
+                for _ in 0..total {
+                    let scheduled = tick.tick().await;
+                    let start = tokio::time::Instant::now();
+                    send(&mut sender, &body).await?;
+                    let done = tokio::time::Instant::now();
+                    lat.push(done - start);
+                    late.push(done - scheduled);
+                }
+                anyhow::Ok((lat, late, sender))
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut late = Vec::new();
+        let mut senders = Vec::new();
+        for t in tasks {
+            let (l, k, s) = t.await??;
+            lat.extend(l);
+            late.extend(k);
+            senders.push(s);
+        }
+        late.sort();
+        let elapsed = started.elapsed();
+        lat.sort();
+        let n = lat.len();
+        println!(
+            "open loop: target {} reviews/s over {} connections for {} s: {} reviews, {:.0} reviews/s achieved",
+            args.rate,
+            args.connections,
+            args.seconds,
+            n,
+            n as f64 / elapsed.as_secs_f64()
+        );
+        println!(
+            "  latency: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
+            ms(percentile(&lat, 0.50)),
+            ms(percentile(&lat, 0.90)),
+            ms(percentile(&lat, 0.99)),
+            ms(percentile(&lat, 0.999)),
+            ms(*lat.last().unwrap_or(&Duration::ZERO))
+        );
+        // The same, measured from each request's scheduled send time: includes any queue
+        // behind a slow answer, and the tokio timer's 1 ms granularity.
+        println!(
+            "  from schedule: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            ms(percentile(&late, 0.50)),
+            ms(percentile(&late, 0.99)),
+            ms(*late.last().unwrap_or(&Duration::ZERO))
+        );
+
+        if args.max_seconds > 0 {
+            let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for mut sender in senders {
+                let body = body.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        send(&mut sender, &body).await?;
+                        lat.push(t.elapsed());
+                    }
+                    anyhow::Ok(lat)
+                }));
+            }
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await??);
+            }
+            lat.sort();
+            println!(
+                "closed loop ({} connections, as fast as possible for {} s): {:.0} reviews/s; p50 {:.3} ms  p99 {:.3} ms",
+                args.connections,
+                args.max_seconds,
+                lat.len() as f64 / started.elapsed().as_secs_f64(),
+                ms(percentile(&lat, 0.50)),
+                ms(percentile(&lat, 0.99))
+            );
+        }
+        anyhow::Ok(())
+    })?;
+    drop(server_rt);
+    Ok(())
+}
