@@ -705,3 +705,115 @@ async fn serves_tls_and_reloads_the_certificate() {
     assert!(reloaded, "the new certificate is served after the files change");
     assert!(tls_call(cert1).await.is_err(), "the old certificate is gone");
 }
+
+/// Serves documents by path (an OIDC issuer, an operator admin port).
+async fn docs_server(
+    docs: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let docs = docs.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let doc = docs.lock().unwrap().get(req.uri().path()).cloned();
+                        async move {
+                            let (status, body) = match doc {
+                                Some(d) => (200, d),
+                                None => (404, String::new()),
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn jwks_from_an_oidc_issuer_and_the_operator_url() {
+    let s = Setup::new();
+    let p = provider(ProviderConfig::default()).await;
+    let docs = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let base = docs_server(docs.clone()).await;
+    {
+        let mut d = docs.lock().unwrap();
+        // SPIRE's OIDC discovery provider / a Kubernetes issuer: discovery, then jwks_uri.
+        d.insert(
+            "/.well-known/openid-configuration".to_string(),
+            json!({"issuer": base, "jwks_uri": format!("{base}/keys")}).to_string(),
+        );
+        d.insert("/keys".to_string(), jwks(&[&s.svid_key]));
+        // The operator's admin port: the JWKS itself.
+        d.insert("/.well-known/jwks.json".to_string(), jwks(&[&s.trat_key]));
+        d.insert("/revoked".to_string(), r#"{"revoked":[]}"#.to_string());
+    }
+    let gw = s
+        .gateway(
+            &p.url().unwrap(),
+            &[
+                "--svid-jwks",
+                &format!("{base}/.well-known/openid-configuration"),
+                "--trat-jwks",
+                &format!("{base}/.well-known/jwks.json"),
+                "--revoked-url",
+                &format!("{base}/revoked"),
+            ],
+        )
+        .await;
+    let (svid, trat) = (s.svid("run-u"), s.trat("run-u", "txn-u"));
+    let a = call(&gw, Some(&svid), Some(&trat), messages_body(false, 5, "x")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    // The issuer rotates: a token with a new kid makes the gateway fetch again.
+    let rotated = EcKey::new("spire-2");
+    docs.lock().unwrap().insert("/keys".to_string(), jwks(&[&s.svid_key, &rotated]));
+    let a = call(
+        &gw,
+        Some(&rotated.sign(&svid_claims("run-u"))),
+        Some(&trat),
+        messages_body(false, 5, "x"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+}
+
+#[tokio::test]
+async fn revoked_list_unreachable_fails_closed() {
+    let s = Setup::new();
+    let p = provider(ProviderConfig::default()).await;
+    let docs = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    docs.lock().unwrap().insert("/revoked".to_string(), r#"{"revoked":[]}"#.to_string());
+    let base = docs_server(docs.clone()).await;
+    let gw = s
+        .gateway(
+            &p.url().unwrap(),
+            &[
+                "--revoked-url",
+                &format!("{base}/revoked"),
+                "--revoked-poll-secs",
+                "1",
+                "--revoked-max-age-secs",
+                "2",
+            ],
+        )
+        .await;
+    let (svid, trat) = (s.svid("run-f"), s.trat("run-f", "txn-f"));
+    assert_eq!(call(&gw, Some(&svid), Some(&trat), messages_body(false, 5, "x")).await.status, 200);
+    docs.lock().unwrap().clear(); // the operator's list now answers 404
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let a = call(&gw, Some(&svid), Some(&trat), messages_body(false, 5, "x")).await;
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert!(a.message().contains("revoked list"), "{}", a.message());
+    assert!(a.header("retry-after").is_some());
+}

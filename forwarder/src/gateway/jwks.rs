@@ -334,6 +334,63 @@ mod tests {
         assert!(matches!(KeySet::parse(b"not json"), Err(JwksError::Parse(_))));
     }
 
+    /// A JWT-SVID may come from SPIRE or a Kubernetes issuer: RS256 and EdDSA keys, minted
+    /// here with openssl (skipped loudly when it is missing).
+    #[test]
+    fn rs256_and_eddsa_issuers() {
+        use jsonwebtoken::{EncodingKey, Header, jwk::Jwk};
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "rsa",
+                Algorithm::RS256,
+                vec!["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            ),
+            ("ed", Algorithm::EdDSA, vec!["genpkey", "-algorithm", "ED25519"]),
+        ];
+        for (name, alg, args) in cases {
+            let path = dir.path().join(name);
+            let made = std::process::Command::new("openssl")
+                .args(&args)
+                .arg("-out")
+                .arg(&path)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !made {
+                assert!(
+                    std::env::var("SANCTUM_REQUIRE_ALL").as_deref() != Ok("1"),
+                    "openssl is needed to mint {name} keys"
+                );
+                eprintln!("**** SKIPPED {name}: openssl not available ****");
+                continue;
+            }
+            let pem = std::fs::read(&path).unwrap();
+            let enc = match alg {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+                _ => EncodingKey::from_ed_pem(&pem).unwrap(),
+            };
+            let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&enc, alg).unwrap()).unwrap();
+            jwk["kid"] = name.into();
+            let set = KeySet::parse(&jwks(&[&jwk])).unwrap();
+            let mut header = Header::new(alg);
+            header.kid = Some(name.into());
+            let token =
+                jsonwebtoken::encode(&header, &serde_json::json!({"sub": name}), &enc).unwrap();
+            let claims: serde_json::Value = set.verify(&token).unwrap();
+            assert_eq!(claims["sub"], name);
+            // The same key cannot be used with another algorithm of its family.
+            if alg == Algorithm::RS256 {
+                let mut h = Header::new(Algorithm::RS512);
+                h.kid = Some(name.into());
+                let t = jsonwebtoken::encode(&h, &serde_json::json!({}), &enc).unwrap();
+                assert!(matches!(
+                    set.verify::<serde_json::Value>(&t),
+                    Err(VerifyError::AlgorithmMismatch { .. })
+                ));
+            }
+        }
+    }
+
     #[test]
     fn alg_absent_is_derived_from_key() {
         let k = EcKey::new("k1");

@@ -151,10 +151,6 @@ impl Setup {
             admin.to_string(),
             "--upstream".into(),
             upstream.into(),
-            "--svid-jwks".into(),
-            self.path("svid-jwks.json").display().to_string(),
-            "--trat-jwks".into(),
-            self.path("trat-jwks.json").display().to_string(),
             "--keys-dir".into(),
             self.path("keys").display().to_string(),
             "--audit-log".into(),
@@ -162,6 +158,13 @@ impl Setup {
             "--log-format".into(),
             "text".into(),
         ];
+        // Default JWKS files unless the test names its own sources.
+        for (flag, file) in [("--svid-jwks", "svid-jwks.json"), ("--trat-jwks", "trat-jwks.json")] {
+            if !extra.contains(&flag) {
+                args.push(flag.into());
+                args.push(self.path(file).display().to_string());
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         start_gateway(args, listen, admin, self.tmp.path()).await
     }
