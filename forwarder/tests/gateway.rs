@@ -817,3 +817,56 @@ async fn revoked_list_unreachable_fails_closed() {
     assert!(a.message().contains("revoked list"), "{}", a.message());
     assert!(a.header("retry-after").is_some());
 }
+
+#[tokio::test]
+async fn dlp_rules_file_and_bad_configuration() {
+    let s = Setup::new();
+    let p = provider(ProviderConfig::default()).await;
+    std::fs::write(
+        s.path("dlp.yaml"),
+        "disable: [jwt]\nrules:\n  - id: acme-internal\n    description: ACME internal token\n    regex: 'acme_[a-z0-9]{16}'\n",
+    )
+    .unwrap();
+    let gw =
+        s.gateway(&p.url().unwrap(), &["--dlp-rules", s.path("dlp.yaml").to_str().unwrap()]).await;
+    let (svid, trat) = (s.svid("run-l"), s.trat("run-l", "txn-l"));
+    let a = call(
+        &gw,
+        Some(&svid),
+        Some(&trat),
+        messages_body(false, 5, "use acme_0123456789abcdef now"),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(a.message().contains("ACME internal token (rule 'acme-internal')"), "{}", a.message());
+    // The disabled built-in no longer blocks.
+    let jwt_like = format!("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.{}", "s1gnature_".repeat(3));
+    let a = call(&gw, Some(&svid), Some(&trat), messages_body(false, 5, &jwt_like)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+
+    // Bad configuration: the gateway refuses to start, with a one-line reason.
+    std::fs::write(s.path("bad.yaml"), "rules:\n  - id: broken\n    regex: '(unclosed'\n").unwrap();
+    let listen = free_port().to_string();
+    for (args, want) in [
+        (
+            vec!["--dlp-rules", s.path("bad.yaml").to_str().unwrap()],
+            "DLP rule 'broken' has an invalid regex",
+        ),
+        (vec!["--state", "mysql://x"], "not a state URL"),
+        (vec!["--allowed-sub", "spiffe://td/**"], "'**' is not supported"),
+        (vec!["--upstream", "ftp://x"], "invalid --upstream"),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"));
+        cmd.args(["gateway", "--listen", &listen, "--admin-listen", "127.0.0.1:0"])
+            .args(["--svid-jwks", s.path("svid-jwks.json").to_str().unwrap()])
+            .args(["--trat-jwks", s.path("trat-jwks.json").to_str().unwrap()])
+            .args(["--keys-dir", s.path("keys").to_str().unwrap()]);
+        if !args.contains(&"--upstream") {
+            cmd.args(["--upstream", "http://127.0.0.1:1"]);
+        }
+        let out = cmd.args(&args).env("RUST_LOG", "off").output().unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
