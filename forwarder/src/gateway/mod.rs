@@ -149,11 +149,18 @@ pub struct Options {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let args = *args.opts;
     telemetry::init(args.log_format);
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(main(args))
+        .block_on(main(args));
+    if let Err(e) = result {
+        // One line on standard error, whatever RUST_BACKTRACE says (the design's exit
+        // contract): the whole chain of causes, joined.
+        eprintln!("sanctum-forwarder gateway: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 struct Admin(Arc<Gateway>);
