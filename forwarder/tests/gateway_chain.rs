@@ -4,6 +4,8 @@
 //! placeholder key or either pod token. A CLI that prints the provider's answer proves the
 //! exchange; the provider's record proves what crossed the last hop.
 //!
+//! The anthropic Python SDK takes the same path (JSON and streaming).
+//!
 //! Needs the real clients (`tests/clients/install.sh`) and the `sanctum-bridge` binary built
 //! next to this one (`cargo build -p sanctum-bridge`, done by any workspace test run).
 //! Without them: a loud SKIP line, or a failure when `SANCTUM_REQUIRE_ALL=1`.
@@ -69,28 +71,39 @@ fn spawn_bridge(bridge: &Path, dir: &Path) -> (Kill, SocketAddr) {
     (Kill(child), listen.expect("sanctum-bridge exited before it was ready"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claude_code_through_bridge_forwarder_and_gateway() {
+/// The chain, running: provider ← gateway ← forwarder ← bridge.
+struct Chain {
+    s: Setup,
+    provider: Provider,
+    gw: Gateway,
+    _forwarder: Kill,
+    _bridge: Kill,
+    bridge_addr: SocketAddr,
+    svid: String,
+    trat: String,
+}
+
+const RUN: &str = "run-chain";
+
+/// Starts the chain, or returns `None` (after a SKIP line) when a part is not installed.
+async fn chain(client: &Path, client_what: &str) -> Option<Chain> {
     let bridge = sibling_binary("sanctum-bridge");
     if !bridge.exists() {
         skip_or_fail(&format!(
             "{} is not built: run `cargo build -p sanctum-bridge`",
             bridge.display()
         ));
-        return;
+        return None;
     }
-    let claude = claude_cli();
-    if !claude.exists() {
+    if !client.exists() {
         skip_or_fail(&format!(
-            "the Claude Code CLI is not installed at {}: run tests/clients/install.sh",
-            claude.display()
+            "{client_what} is not installed at {}: run tests/clients/install.sh",
+            client.display()
         ));
-        return;
+        return None;
     }
-
     let s = Setup::new();
-    let run = "run-chain";
-    let (svid, trat) = (s.svid(run), s.trat(run, "txn-chain"));
+    let (svid, trat) = (s.svid(RUN), s.trat(RUN, "txn-chain"));
     std::fs::write(s.path("jwt"), format!("{svid}\n")).unwrap();
     std::fs::write(s.path("trat.jwt"), &trat).unwrap();
 
@@ -126,30 +139,84 @@ async fn claude_code_through_bridge_forwarder_and_gateway() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let (bridge, bridge_addr) = spawn_bridge(&bridge, s.tmp.path());
+    Some(Chain { s, provider, gw, _forwarder: forwarder, _bridge: bridge, bridge_addr, svid, trat })
+}
 
-    let home = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(&claude);
+/// A client process with a clean environment (no real ANTHROPIC_* variable), HOME and
+/// TMPDIR in a temp dir, run with a time limit.
+async fn run_isolated(
+    program: &Path,
+    home: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> std::process::Output {
+    let mut cmd = Command::new(program);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("TMPDIR", home.path())
+        .env("HOME", home)
+        .env("TMPDIR", home)
         .env("LANG", "C.UTF-8")
-        .current_dir(home.path())
-        .args(["-p", "Say hello", "--output-format", "json"])
-        .env("ANTHROPIC_BASE_URL", format!("http://{bridge_addr}"))
-        .env("ANTHROPIC_API_KEY", PLACEHOLDER)
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("DISABLE_TELEMETRY", "1")
-        .env("DISABLE_ERROR_REPORTING", "1")
-        .env("CLAUDE_CODE_MAX_RETRIES", "1");
-    let out = tokio::time::timeout(
+        .current_dir(home);
+    configure(&mut cmd);
+    tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::from(cmd).kill_on_drop(true).output(),
     )
     .await
-    .expect("claude did not finish in 120 s")
-    .expect("run claude");
+    .expect("client did not finish in 120 s")
+    .expect("run client")
+}
+
+impl Chain {
+    /// What reached the provider: the org's key, once, and no credential of the pod.
+    fn assert_provider_saw_only_the_org_key(&self) -> usize {
+        let seen = self.provider.requests();
+        let calls: Vec<_> = seen.iter().filter(|r| r.target.starts_with("/v1/messages")).collect();
+        assert!(!calls.is_empty(), "no Messages API call arrived: {seen:?}");
+        for r in &calls {
+            assert_eq!(r.header("x-api-key"), Some(ORG_KEY));
+            assert_eq!(r.count("authorization"), 0);
+            assert_eq!(r.count("txn-token"), 0);
+            assert_eq!(r.count("proxy-authorization"), 0);
+            assert!(!r.any_header_contains(PLACEHOLDER));
+            assert!(!r.any_header_contains(&self.svid) && !r.any_header_contains(&self.trat));
+        }
+        calls.len()
+    }
+
+    /// The gateway's audit names the run and counted the tokens.
+    async fn assert_audited(&self, calls: usize) -> Vec<serde_json::Value> {
+        let audit = audit_lines(&self.s.path("audit.log"), calls).await;
+        let ok: Vec<_> = audit.iter().filter(|l| l["status"] == 200).cloned().collect();
+        assert!(!ok.is_empty(), "{audit:?}");
+        for l in &ok {
+            assert_eq!(l["txn"], "txn-chain");
+            assert_eq!(l["spiffe_id"], spiffe(RUN));
+            assert_eq!(l["org"], ORG);
+        }
+        ok
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_through_bridge_forwarder_and_gateway() {
+    let claude = claude_cli();
+    let Some(c) = chain(&claude, "the Claude Code CLI (npm @anthropic-ai/claude-code)").await
+    else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let base = format!("http://{}", c.bridge_addr);
+    let out = run_isolated(&claude, home.path(), |cmd| {
+        cmd.args(["-p", "Say hello", "--output-format", "json"])
+            .env("ANTHROPIC_BASE_URL", &base)
+            .env("ANTHROPIC_API_KEY", PLACEHOLDER)
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("DISABLE_TELEMETRY", "1")
+            .env("DISABLE_ERROR_REPORTING", "1")
+            .env("CLAUDE_CODE_MAX_RETRIES", "1");
+    })
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -162,33 +229,56 @@ async fn claude_code_through_bridge_forwarder_and_gateway() {
     assert_eq!(result["is_error"], false, "{stdout}");
     assert_eq!(result["result"], DEFAULT_ANSWER, "{stdout}");
 
-    // What reached the provider: the org's key, once, and no credential of the pod.
-    let seen = provider.requests();
-    let calls: Vec<_> = seen.iter().filter(|r| r.target.starts_with("/v1/messages")).collect();
-    assert!(!calls.is_empty(), "no Messages API call arrived: {seen:?}");
-    for r in &calls {
-        assert_eq!(r.header("x-api-key"), Some(ORG_KEY));
-        assert_eq!(r.count("authorization"), 0);
-        assert_eq!(r.count("txn-token"), 0);
-        assert_eq!(r.count("proxy-authorization"), 0);
-        assert!(!r.any_header_contains(PLACEHOLDER));
-        assert!(r.header("user-agent").unwrap_or_default().starts_with("claude-cli/"));
-    }
+    let calls = c.assert_provider_saw_only_the_org_key();
+    let seen = c.provider.requests();
     assert!(
-        calls.iter().any(|r| serde_json::from_slice::<serde_json::Value>(&r.body)
-            .is_ok_and(|b| b["stream"] == true)),
+        seen.iter().any(|r| r.header("user-agent").unwrap_or_default().starts_with("claude-cli/")
+            && serde_json::from_slice::<serde_json::Value>(&r.body)
+                .is_ok_and(|b| b["stream"] == true)),
         "claude -p streams its answer"
     );
-
-    // The gateway's audit names the run, and counted the tokens.
-    let audit = audit_lines(&s.path("audit.log"), calls.len()).await;
-    let ok: Vec<_> = audit.iter().filter(|l| l["status"] == 200).collect();
-    assert!(!ok.is_empty(), "{audit:?}");
-    for l in &ok {
-        assert_eq!(l["txn"], "txn-chain");
-        assert_eq!(l["spiffe_id"], spiffe(run));
-        assert_eq!(l["org"], ORG);
-    }
+    let ok = c.assert_audited(calls).await;
     assert!(ok.iter().any(|l| l["stream"] == true && l["output_tokens"].as_u64() > Some(0)));
-    drop((bridge, forwarder));
+    drop(c.gw);
+}
+
+const PYTHON_CLIENT: &str = r#"
+import sys, anthropic
+client = anthropic.Anthropic(base_url=sys.argv[1], api_key="gateway-injected", max_retries=0)
+args = dict(model="claude-sonnet-4-5", max_tokens=256, messages=[{"role": "user", "content": "Say hello"}])
+message = client.messages.create(**args)
+print("JSON:" + message.content[0].text)
+with client.messages.stream(**args) as stream:
+    text = "".join(stream.text_stream)
+    final = stream.get_final_message()
+print("STREAM:" + text)
+print("USAGE:%d/%d" % (final.usage.input_tokens, final.usage.output_tokens))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_python_sdk_through_the_whole_chain() {
+    let python =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/.venv/bin/python");
+    let Some(c) = chain(&python, "the anthropic Python SDK (PyPI anthropic)").await else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let base = format!("http://{}", c.bridge_addr);
+    let out = run_isolated(&python, home.path(), |cmd| {
+        cmd.args(["-c", PYTHON_CLIENT, &base]);
+    })
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("JSON:{DEFAULT_ANSWER}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("STREAM:{DEFAULT_ANSWER}\n")), "{stdout}");
+    assert!(stdout.contains("USAGE:25/12"), "{stdout}");
+    assert_eq!(c.assert_provider_saw_only_the_org_key(), 2);
+    let ok = c.assert_audited(2).await;
+    assert_eq!(ok.len(), 2);
+    assert!(ok.iter().all(|l| l["input_tokens"] == 25 && l["output_tokens"] == 12), "{ok:?}");
 }
