@@ -22,5 +22,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
     "podLabels" .Values.gateway.podLabels)
   "trat" (dict "signingKeyFile" "/etc/sanctum/signing-key/key.pem")
 -}}
+{{- if .Values.webhook.enabled }}
+{{- $_ := set $defaults "webhook" (dict
+  "listen" "0.0.0.0:8443"
+  "tlsCertFile" "/etc/sanctum/webhook-tls/tls.crt"
+  "tlsKeyFile" "/etc/sanctum/webhook-tls/tls.key"
+  "caBundleFile" "/etc/sanctum/webhook-tls/ca.crt"
+  "tokenServiceUrl" (printf "https://%s-webhook.%s.svc:8443" .Release.Name .Release.Namespace)) }}
+{{- end }}
 {{- toYaml (mergeOverwrite $defaults (deepCopy .Values.operator.config)) }}
 {{- end }}

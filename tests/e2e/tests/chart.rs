@@ -5,8 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::Api;
 use sanctum_e2e::*;
@@ -31,6 +32,21 @@ fn run(mut cmd: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+struct Uninstall {
+    release: String,
+    namespace: String,
+}
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        if let Some(mut helm) = helm() {
+            let _ = helm
+                .args(["uninstall", &self.release, "--namespace", &self.namespace, "--wait"])
+                .output();
+        }
+    }
+}
+
 #[test]
 fn manifests_are_the_charts_rendering() {
     let Some(_) = helm() else { return };
@@ -38,7 +54,7 @@ fn manifests_are_the_charts_rendering() {
     let mut render = Command::new(workspace().join("scripts/render-manifests"));
     render.arg(dir.path());
     run(render);
-    for file in ["operator-rbac.yaml", "sanctum.yaml"] {
+    for file in ["operator-rbac.yaml", "sanctum.yaml", "webhook.yaml"] {
         let fresh = std::fs::read_to_string(dir.path().join(file)).unwrap();
         let checked_in = std::fs::read_to_string(workspace().join("manifests").join(file)).unwrap();
         assert!(fresh == checked_in, "manifests/{file} is stale: run scripts/render-manifests");
@@ -58,6 +74,8 @@ async fn helm_install_and_uninstall() {
         "--wait=false",
     ]);
     run(install);
+    // The release holds cluster-wide admission objects: remove them even if this test fails.
+    let uninstall = Uninstall { release: release.clone(), namespace: ns.name.clone() };
 
     let client = cluster.client.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
@@ -87,9 +105,30 @@ async fn helm_install_and_uninstall() {
     let roles: Api<ClusterRole> = Api::all(client.clone());
     roles.get(&format!("{release}-operator")).await.unwrap();
 
-    let mut uninstall = helm().unwrap();
-    uninstall.args(["uninstall", &release, "--namespace", &ns.name]);
-    run(uninstall);
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let mwc = webhooks.get(&format!("{release}-injector")).await.unwrap();
+    for webhook in mwc.webhooks.unwrap() {
+        // selfSigned TLS: the chart put its CA in the configuration.
+        assert!(
+            webhook.client_config.ca_bundle.is_some_and(|b| !b.0.is_empty()),
+            "{} has no caBundle",
+            webhook.name
+        );
+        assert_eq!(webhook.client_config.service.unwrap().name, format!("{release}-webhook"));
+    }
+    let tls = Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .get(&format!("{release}-webhook"))
+        .await
+        .unwrap();
+    assert!(
+        ["tls.crt", "tls.key", "ca.crt"].iter().all(|k| tls
+            .data
+            .as_ref()
+            .unwrap()
+            .contains_key(*k))
+    );
+
+    drop(uninstall);
     wait_for("helm uninstall to remove the ClusterRole", Duration::from_secs(30), || async {
         roles.get_opt(&format!("{release}-operator")).await.ok().flatten().is_none().then_some(())
     })
