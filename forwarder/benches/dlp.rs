@@ -77,6 +77,23 @@ fn main() {
     let at = secret.len() / 2;
     let key = format!(" ghp_{} ", "x1Y2z3".repeat(6));
     secret.splice(at..at + key.len(), key.bytes());
+    if std::env::var("DLP_BENCH_EACH").is_ok() {
+        // Diagnostic: each built-in rule alone on the dense near-miss body.
+        for (id, _, regex) in dlp::BUILTIN {
+            let file = dlp::RulesFile {
+                builtin: Some(false),
+                rules: vec![dlp::RuleSpec {
+                    id: (*id).into(),
+                    description: None,
+                    regex: (*regex).into(),
+                    action: None,
+                }],
+                ..Default::default()
+            };
+            let one = Scanner::new(DlpAction::Block, Some(&file)).unwrap();
+            measure(&format!("dense, only {id}"), &one, &near, |_| true);
+        }
+    }
     let c = measure("100 KB clean", &block, &clean, |v| *v == Verdict::Clean);
     let n =
         measure("100 KB dense near misses (7 per line)", &block, &near, |v| *v == Verdict::Clean);
