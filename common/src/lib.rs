@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod spiffe;
 pub mod telemetry;
+pub mod tls;
 
 pub use claims::{SvidClaims, TransactionContext, TratClaims};
 pub use error::{ApiError, ErrorKind, Retry};

@@ -18,7 +18,7 @@ pub mod server;
 pub mod sources;
 pub mod state;
 pub mod svid;
-pub mod tls;
+pub use sanctum_common::tls;
 pub mod tokencache;
 pub mod trat;
 pub mod usage;

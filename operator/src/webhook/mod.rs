@@ -6,4 +6,4 @@ pub mod admission;
 pub mod manifests;
 pub mod patch;
 pub mod server;
-pub mod tls;
+pub use sanctum_common::tls;

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use crate::config::OperatorConfig;
 use crate::token_service::{self, TokenService, TokenServiceError};
 use crate::webhook::admission::{self, OptIn, Settings};
-use crate::webhook::tls::{self, ReloadingCert, TlsError};
+use sanctum_common::tls::{self, ReloadingCert, TlsError};
 
 /// Largest AdmissionReview accepted (the API server caps objects at about 1.5 MiB; a
 /// review carries the object once, plus a little).

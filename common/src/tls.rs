@@ -1,6 +1,7 @@
-//! TLS for the gateway's listener, with the certificate reloaded when its files change
-//! (cert-manager renews by rewriting the Secret volume): new handshakes get the new
-//! certificate, open connections keep theirs. A bad pair on disk keeps the last good one.
+//! TLS for a listener (the gateway; the webhook and token service), with the certificate
+//! reloaded when its files change (cert-manager renews by rewriting the Secret volume): new
+//! handshakes get the new certificate, open connections keep theirs. A bad pair on disk keeps
+//! the last good one.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
