@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gateway_support::*;
-use sanctum_testkit::{DEFAULT_ANSWER, Provider, ProviderConfig};
+use sanctum_testkit::{Provider, ProviderConfig, clients};
 
 const PLACEHOLDER: &str = "gateway-injected";
 
@@ -34,10 +34,6 @@ impl Drop for Kill {
 
 fn sibling_binary(name: &str) -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_sanctum-forwarder")).with_file_name(name)
-}
-
-fn claude_cli() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/node_modules/.bin/claude")
 }
 
 /// Starts the bridge on free loopback ports; returns it with its listen address.
@@ -85,20 +81,13 @@ struct Chain {
 
 const RUN: &str = "run-chain";
 
-/// Starts the chain, or returns `None` (after a SKIP line) when a part is not installed.
-async fn chain(client: &Path, client_what: &str) -> Option<Chain> {
+/// Starts the chain, or returns `None` (after a SKIP line) when the bridge is not built.
+async fn chain() -> Option<Chain> {
     let bridge = sibling_binary("sanctum-bridge");
     if !bridge.exists() {
         skip_or_fail(&format!(
             "{} is not built: run `cargo build -p sanctum-bridge`",
             bridge.display()
-        ));
-        return None;
-    }
-    if !client.exists() {
-        skip_or_fail(&format!(
-            "{client_what} is not installed at {}: run tests/clients/install.sh",
-            client.display()
         ));
         return None;
     }
@@ -142,30 +131,6 @@ async fn chain(client: &Path, client_what: &str) -> Option<Chain> {
     Some(Chain { s, provider, gw, _forwarder: forwarder, _bridge: bridge, bridge_addr, svid, trat })
 }
 
-/// A client process with a clean environment (no real ANTHROPIC_* variable), HOME and
-/// TMPDIR in a temp dir, run with a time limit.
-async fn run_isolated(
-    program: &Path,
-    home: &Path,
-    configure: impl FnOnce(&mut Command),
-) -> std::process::Output {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("TMPDIR", home)
-        .env("LANG", "C.UTF-8")
-        .current_dir(home);
-    configure(&mut cmd);
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::from(cmd).kill_on_drop(true).output(),
-    )
-    .await
-    .expect("client did not finish in 120 s")
-    .expect("run client")
-}
-
 impl Chain {
     /// What reached the provider: the org's key, once, and no credential of the pod.
     fn assert_provider_saw_only_the_org_key(&self) -> usize {
@@ -199,35 +164,9 @@ impl Chain {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claude_code_through_bridge_forwarder_and_gateway() {
-    let claude = claude_cli();
-    let Some(c) = chain(&claude, "the Claude Code CLI (npm @anthropic-ai/claude-code)").await
-    else {
-        return;
-    };
-    let home = tempfile::tempdir().unwrap();
-    let base = format!("http://{}", c.bridge_addr);
-    let out = run_isolated(&claude, home.path(), |cmd| {
-        cmd.args(["-p", "Say hello", "--output-format", "json"])
-            .env("ANTHROPIC_BASE_URL", &base)
-            .env("ANTHROPIC_API_KEY", PLACEHOLDER)
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-            .env("DISABLE_AUTOUPDATER", "1")
-            .env("DISABLE_TELEMETRY", "1")
-            .env("DISABLE_ERROR_REPORTING", "1")
-            .env("CLAUDE_CODE_MAX_RETRIES", "1");
-    })
-    .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "claude failed: {}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    let result: serde_json::Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
-    assert_eq!(result["is_error"], false, "{stdout}");
-    assert_eq!(result["result"], DEFAULT_ANSWER, "{stdout}");
+    let Some(claude) = clients::claude_cli() else { return };
+    let Some(c) = chain().await else { return };
+    clients::run_claude(&claude, &format!("http://{}", c.bridge_addr)).await;
 
     let calls = c.assert_provider_saw_only_the_org_key();
     let seen = c.provider.requests();
@@ -242,41 +181,11 @@ async fn claude_code_through_bridge_forwarder_and_gateway() {
     drop(c.gw);
 }
 
-const PYTHON_CLIENT: &str = r#"
-import sys, anthropic
-client = anthropic.Anthropic(base_url=sys.argv[1], api_key="gateway-injected", max_retries=0)
-args = dict(model="claude-sonnet-4-5", max_tokens=256, messages=[{"role": "user", "content": "Say hello"}])
-message = client.messages.create(**args)
-print("JSON:" + message.content[0].text)
-with client.messages.stream(**args) as stream:
-    text = "".join(stream.text_stream)
-    final = stream.get_final_message()
-print("STREAM:" + text)
-print("USAGE:%d/%d" % (final.usage.input_tokens, final.usage.output_tokens))
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_python_sdk_through_the_whole_chain() {
-    let python =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/.venv/bin/python");
-    let Some(c) = chain(&python, "the anthropic Python SDK (PyPI anthropic)").await else {
-        return;
-    };
-    let home = tempfile::tempdir().unwrap();
-    let base = format!("http://{}", c.bridge_addr);
-    let out = run_isolated(&python, home.path(), |cmd| {
-        cmd.args(["-c", PYTHON_CLIENT, &base]);
-    })
-    .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains(&format!("JSON:{DEFAULT_ANSWER}\n")), "{stdout}");
-    assert!(stdout.contains(&format!("STREAM:{DEFAULT_ANSWER}\n")), "{stdout}");
-    assert!(stdout.contains("USAGE:25/12"), "{stdout}");
+    let Some(python) = clients::python_sdk() else { return };
+    let Some(c) = chain().await else { return };
+    clients::run_python_sdk(&python, &format!("http://{}", c.bridge_addr)).await;
     assert_eq!(c.assert_provider_saw_only_the_org_key(), 2);
     let ok = c.assert_audited(2).await;
     assert_eq!(ok.len(), 2);
