@@ -2,33 +2,14 @@
 //! kind, and the same result as the webhook gives for the same pod.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::{check_golden, root};
 
 use k8s_openapi::api::core::v1::Pod;
 use sanctum_operator::config::OperatorConfig;
 use sanctum_operator::crd::IdentitySource;
 use sanctum_operator::webhook::admission::{OptIn, Settings};
 use sanctum_operator::webhook::manifests::inject_file;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn check_golden(name: &str, actual: &str) {
-    let path = root().join("operator/tests/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_GOLDEN=1", path.display()));
-    pretty_assertions::assert_eq!(
-        expected,
-        actual,
-        "{} differs; if intended, run with UPDATE_GOLDEN=1",
-        path.display()
-    );
-}
 
 const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBfixture\n-----END CERTIFICATE-----\n";
 

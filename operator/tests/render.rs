@@ -1,7 +1,8 @@
 //! Golden tests of the objects built for the examples, the CRD drift check, and the TraT in
 //! the Secret verified against the JWKS. Regenerate golden files with `UPDATE_GOLDEN=1`.
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::{check_golden, root};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -11,10 +12,6 @@ use sanctum_operator::render::render;
 use sanctum_operator::tokens::Signer;
 
 const NOW: u64 = 1_790_000_000;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
 
 /// A fixed key (a test fixture, used nowhere else) so the golden output is stable.
 fn signer() -> Signer {
@@ -26,22 +23,6 @@ fn documents(yaml: &str) -> Vec<serde_yaml::Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .map(|d| serde_yaml::Value::deserialize(d).unwrap())
         .collect()
-}
-
-fn check_golden(name: &str, actual: &str) {
-    let path = root().join("operator/tests/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_GOLDEN=1", path.display()));
-    pretty_assertions::assert_eq!(
-        expected,
-        actual,
-        "{} differs; if intended, run with UPDATE_GOLDEN=1",
-        path.display()
-    );
 }
 
 fn render_example(file: &str) -> Vec<serde_yaml::Value> {
