@@ -43,6 +43,22 @@ pub struct TransactionContext {
     pub pod_uid: Option<String>,
 }
 
+impl TransactionContext {
+    /// A context naming only the run and the org; set the other fields as needed.
+    pub fn new(run_id: impl Into<String>, org_id: impl Into<String>) -> Self {
+        Self {
+            run_id: run_id.into(),
+            org_id: org_id.into(),
+            repo: None,
+            budget_tokens: None,
+            namespace: None,
+            service_account: None,
+            pod_name: None,
+            pod_uid: None,
+        }
+    }
+}
+
 /// Transaction token claims, after the OAuth Transaction Tokens draft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TratClaims {
@@ -146,16 +162,7 @@ mod tests {
             txn: "t".into(),
             sub: "s".into(),
             scope: "other llm.messages".into(),
-            tctx: TransactionContext {
-                run_id: "r".into(),
-                org_id: "o".into(),
-                repo: None,
-                budget_tokens: None,
-                namespace: None,
-                service_account: None,
-                pod_name: None,
-                pod_uid: None,
-            },
+            tctx: TransactionContext::new("r", "o"),
         };
         assert!(c.has_scope("llm.messages") && !c.has_scope("llm"));
     }

@@ -181,7 +181,6 @@ pub fn next_status(run: &ScannerRun, obs: Observation, now: &Time) -> ScannerRun
     }
     if obs.phase.is_terminal() {
         status.completion_time = Some(obs.completion_time.clone().unwrap_or_else(|| now.clone()));
-        let ok = obs.phase == Phase::Succeeded;
         // `Finished` is True once the run is over; its reason says how it ended.
         set_condition(
             &mut status.conditions,
@@ -211,7 +210,6 @@ pub fn next_status(run: &ScannerRun, obs: Observation, now: &Time) -> ScannerRun
             }
             None => {}
         }
-        let _ = ok;
     }
     status
 }

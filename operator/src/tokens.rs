@@ -138,14 +138,11 @@ pub fn trat_claims(plan: &RunPlan, issuer: &str, margin_seconds: i64, now: u64) 
         sub: plan.subject.clone(),
         scope: SCOPE_LLM_MESSAGES.to_owned(),
         tctx: TransactionContext {
-            run_id: format!("{}/{}", plan.namespace, plan.name),
-            org_id: plan.org_id.clone(),
             repo: Some(plan.repo.clone()),
-            budget_tokens: None,
-            namespace: None,
-            service_account: None,
-            pod_name: None,
-            pod_uid: None,
+            ..TransactionContext::new(
+                format!("{}/{}", plan.namespace, plan.name),
+                plan.org_id.clone(),
+            )
         },
     }
 }
@@ -164,16 +161,7 @@ mod tests {
             txn: "uid-1".into(),
             sub: "spiffe://td/scanner/uid-1".into(),
             scope: SCOPE_LLM_MESSAGES.into(),
-            tctx: TransactionContext {
-                run_id: "ns/run".into(),
-                org_id: "acme".into(),
-                repo: None,
-                budget_tokens: None,
-                namespace: None,
-                service_account: None,
-                pod_name: None,
-                pod_uid: None,
-            },
+            tctx: TransactionContext::new("ns/run", "acme"),
         }
     }
 

@@ -98,16 +98,7 @@ pub(crate) fn sample_claims(sub: &str, exp: u64) -> TratClaims {
         txn: "txn-1".into(),
         sub: sub.into(),
         scope: "llm.messages".into(),
-        tctx: TransactionContext {
-            run_id: "run-1".into(),
-            org_id: "acme".into(),
-            repo: None,
-            budget_tokens: None,
-            namespace: None,
-            service_account: None,
-            pod_name: None,
-            pod_uid: None,
-        },
+        tctx: TransactionContext::new("run-1", "acme"),
     }
 }
 
