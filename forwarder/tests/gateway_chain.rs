@@ -12,7 +12,6 @@
 
 mod gateway_support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,33 +37,8 @@ fn sibling_binary(name: &str) -> PathBuf {
 
 /// Starts the bridge on free loopback ports; returns it with its listen address.
 fn spawn_bridge(bridge: &Path, dir: &Path) -> (Kill, SocketAddr) {
-    let mut child = Command::new(bridge)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-        .arg("--upstream-socket")
-        .arg(dir.join("llm.sock"))
-        .arg("--jwt-file")
-        .arg(dir.join("jwt"))
-        .arg("--trat-file")
-        .arg(dir.join("trat.jwt"))
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn sanctum-bridge");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut listen = None;
-    for line in lines.by_ref() {
-        let Ok(line) = line else { break };
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && v["message"] == "sanctum-bridge ready"
-        {
-            listen = v["listen"].as_str().and_then(|a| a.parse().ok());
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (Kill(child), listen.expect("sanctum-bridge exited before it was ready"))
+    let (child, listen, _admin) = sanctum_testkit::bridge::spawn(bridge, dir, &[]);
+    (Kill(child), listen)
 }
 
 /// The chain, running: provider ← gateway ← forwarder ← bridge.

@@ -2,10 +2,9 @@
 //! provider on a real Unix socket, and the real `sanctum-bridge` binary in a child process.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use sanctum_testkit::{Provider, ProviderConfig, jwt};
@@ -76,38 +75,7 @@ pub async fn start_with(provider: Option<ProviderConfig>, extra_args: &[&str]) -
 
 /// Starts the real binary on free loopback ports and waits for its "ready" log line.
 pub fn spawn_bridge(dir: &Path, extra_args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sanctum-bridge"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-        .arg("--upstream-socket")
-        .arg(dir.join("llm.sock"))
-        .arg("--jwt-file")
-        .arg(dir.join("jwt"))
-        .arg("--trat-file")
-        .arg(dir.join("trat.jwt"))
-        .args(extra_args)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn sanctum-bridge");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut found = None;
-    for line in lines.by_ref() {
-        let line = line.expect("read bridge log");
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && v["message"] == "sanctum-bridge ready"
-        {
-            let listen = v["listen"].as_str().expect("listen").parse().expect("listen addr");
-            let admin = v["admin"].as_str().expect("admin").parse().expect("admin addr");
-            found = Some((listen, admin));
-            break;
-        }
-    }
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let (listen, admin) = found.expect("sanctum-bridge exited before it was ready");
-    (child, listen, admin)
+    sanctum_testkit::bridge::spawn(Path::new(env!("CARGO_BIN_EXE_sanctum-bridge")), dir, extra_args)
 }
 
 /// Sends raw bytes on a new connection and reads until the server closes or 5 s pass.

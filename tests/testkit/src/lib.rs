@@ -34,6 +34,7 @@
 //! SSE comment line `: t=<unix time in ns>` before each event, written when the event is
 //! sent, so a benchmark can measure each event's delivery delay).
 
+pub mod bridge;
 pub mod clients;
 pub mod jwt;
 pub mod sse;
