@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real clients of the bridge tests into ignored folders next to this script:
-#   node_modules/  npm @anthropic-ai/claude-code, the version pinned in package-lock.json
+#   node_modules/  npm @anthropic-ai/claude-code (the last JS build) and
+#                  @anthropic-ai/claude-code-linux-x64 (the native binary), pinned in package-lock.json
 #   .venv/         PyPI anthropic, the version pinned in requirements.txt
 # Idempotent: a second run only checks the stamps and exits in well under a second.
 # Needs: node >= 18 with npm, python3 >= 3.9 with the venv module (Debian: python3-venv).
@@ -31,5 +32,7 @@ if [[ ! -x .venv/bin/python ]] || ! cmp -s requirements.txt "$py_stamp"; then
 fi
 
 node_modules/.bin/claude --version >/dev/null || fail "claude did not start after install"
+native=node_modules/@anthropic-ai/claude-code-linux-x64/claude
+"$native" --version >/dev/null || fail "the native Claude Code binary ($native) did not start after install"
 .venv/bin/python -c 'import anthropic' || fail "the anthropic package does not import after install"
-echo "real clients ready: claude $(node_modules/.bin/claude --version 2>/dev/null | head -1), anthropic $(.venv/bin/python -c 'import anthropic; print(anthropic.__version__)')" >&2
+echo "real clients ready: claude $(node_modules/.bin/claude --version 2>/dev/null | head -1) (JS), $("$native" --version | head -1) (native), anthropic $(.venv/bin/python -c 'import anthropic; print(anthropic.__version__)')" >&2
