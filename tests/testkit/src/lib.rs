@@ -33,10 +33,16 @@
 //! `message_start`, then nothing at all until the client goes away), `x-standin-stamp: 1` (put an
 //! SSE comment line `: t=<unix time in ns>` before each event, written when the event is
 //! sent, so a benchmark can measure each event's delivery delay).
+//!
+//! A request that offers a `…report_finding` tool gets the scripted security review of
+//! [`review`] instead of the configured reply (unless [`ProviderConfig::review_script`] is off),
+//! so the reference scanner can be tested with the real Claude Code CLI. With
+//! [`ProviderConfig::refuse`] set, every Messages API call is answered with that error instead.
 
 pub mod bridge;
 pub mod clients;
 pub mod jwt;
+pub mod review;
 pub mod sse;
 
 use std::convert::Infallible;
@@ -100,6 +106,33 @@ pub struct ProviderConfig {
     pub event_delay: Duration,
     /// Keep a copy of every request (headers and body). Off for benchmarks.
     pub record: bool,
+    /// Play the scripted review of [`review`] when a request offers a `report_finding` tool.
+    pub review_script: bool,
+    /// Answer every `POST /v1/messages` with this error (after the header checks).
+    pub refuse: Option<Refuse>,
+}
+
+/// An error answer, e.g. a spent budget: 429 `rate_limit_error` that must not be retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refuse {
+    pub status: u16,
+    /// The Anthropic error type, e.g. `rate_limit_error`, `api_error`.
+    pub kind: String,
+    pub message: String,
+    /// `false` adds `x-should-retry: false`; `true` leaves the client to its retries.
+    pub retry: bool,
+}
+
+impl Refuse {
+    /// The gateway's answer when a run's budget is spent: 429, `x-should-retry: false`.
+    pub fn budget_spent() -> Self {
+        Self {
+            status: 429,
+            kind: "rate_limit_error".into(),
+            message: "stand-in: the run's token budget is spent".into(),
+            retry: false,
+        }
+    }
 }
 
 /// The answer text of the default configuration.
@@ -115,6 +148,8 @@ impl Default for ProviderConfig {
             deltas: 4,
             event_delay: Duration::ZERO,
             record: true,
+            review_script: true,
+            refuse: None,
         }
     }
 }
@@ -356,6 +391,14 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
             "stand-in provider: only POST /v1/messages",
         );
     }
+    if let Some(refuse) = &cfg.refuse {
+        let status = StatusCode::from_u16(refuse.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut r = error(status, &refuse.kind, &refuse.message);
+        if refuse.retry {
+            r.headers_mut().remove("x-should-retry");
+        }
+        return r;
+    }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
@@ -375,8 +418,10 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
     }
     let model = request["model"].as_str().unwrap_or("claude-standin").to_owned();
     let id = format!("msg_standin_{}", state.served.load(Ordering::SeqCst));
+    let scripted = if cfg.review_script { review::reply(&request) } else { None };
+    let reply = scripted.as_ref().unwrap_or(&cfg.reply);
     if request["stream"].as_bool() != Some(true) {
-        let message = sse::message_json(&id, &model, &cfg.reply, &cfg.usage);
+        let message = sse::message_json(&id, &model, reply, &cfg.usage);
         return full(StatusCode::OK, "application/json", message.to_string());
     }
     let deltas = header_num(&parts.headers, "x-standin-events").map_or(cfg.deltas, |n| n as usize);
@@ -385,7 +430,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
     let hang = parts.headers.contains_key("x-standin-hang");
     let stamp = parts.headers.contains_key("x-standin-stamp");
     let stall = parts.headers.contains_key("x-standin-stall");
-    let events = sse::message_events(&id, &model, &cfg.reply, &cfg.usage, deltas);
+    let events = sse::message_events(&id, &model, reply, &cfg.usage, deltas);
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
     let state = state.clone();
     let cancelled = move || {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use sanctum_testkit::{Provider, ProviderConfig, Usage};
+use sanctum_testkit::{Provider, ProviderConfig, Refuse, Usage};
 
 /// A stand-in Anthropic Messages API on loopback or a Unix socket.
 #[derive(Parser, Debug)]
@@ -36,6 +36,14 @@ struct Cli {
     /// Keep no copy of requests (benchmarks).
     #[arg(long)]
     no_record: bool,
+    /// `review`: play the scripted security review to requests that offer a report_finding
+    /// tool (the default); `off`: always answer the plain reply.
+    #[arg(long, default_value = "review", value_parser = ["review", "off"])]
+    script: String,
+    /// Answer every Messages API call with this HTTP status (e.g. 429: budget spent,
+    /// with x-should-retry: false).
+    #[arg(long)]
+    refuse: Option<u16>,
 }
 
 #[tokio::main]
@@ -57,6 +65,12 @@ async fn main() -> anyhow::Result<()> {
             ..Usage::default()
         },
         record: !cli.no_record,
+        review_script: cli.script == "review",
+        refuse: cli.refuse.map(|status| Refuse {
+            status,
+            message: format!("stand-in: refused with {status} (--refuse)"),
+            ..Refuse::budget_spent()
+        }),
         ..ProviderConfig::default()
     };
     let provider = match (&cli.socket, cli.listen) {
