@@ -27,8 +27,12 @@ pub struct Args {
     #[arg(long, env = "SANCTUM_UPSTREAM")]
     pub upstream: String,
     /// Extra PEM CA certificates to trust for an https upstream, besides the system roots.
-    #[arg(long, env = "SANCTUM_CA_FILE")]
+    #[arg(long, env = "SANCTUM_CA_FILE", conflicts_with = "ca_pem")]
     pub ca_file: Option<PathBuf>,
+    /// The same as PEM text: the operator passes the gateway's CA this way, because the
+    /// forwarder has no config volume.
+    #[arg(long, env = "SANCTUM_CA_PEM", hide_env_values = true)]
+    pub ca_pem: Option<String>,
     /// Admin address (/healthz, /readyz, /metrics); all interfaces so the kubelet's
     /// probes reach it. It serves no credential.
     #[arg(long, env = "SANCTUM_ADMIN_LISTEN", default_value = "0.0.0.0:9083")]
@@ -107,6 +111,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut upstream = Upstream::url(&args.upstream).context("--upstream")?;
     if let Some(ca) = &args.ca_file {
         upstream = upstream.with_ca_file(ca);
+    }
+    if let Some(pem) = &args.ca_pem {
+        upstream = upstream.with_ca_pem(pem.as_str());
     }
     let metrics = Arc::new(ProxyMetrics::new("sanctum_forwarder"));
     let client = UpstreamClient::new(upstream, &limits, metrics.clone())

@@ -72,6 +72,16 @@ enum Command {
     },
     /// Print a new ES256 (P-256) signing key in PKCS#8 PEM.
     Keygen,
+    /// Install the scanner seccomp profile into a kubelet seccomp directory and keep it
+    /// there (checked every minute) until SIGTERM: the chart's DaemonSet runs this.
+    SeccompInstall {
+        /// The profile (JSON), e.g. mounted from the chart's ConfigMap.
+        #[arg(long, env = "SANCTUM_SECCOMP_PROFILE")]
+        profile: PathBuf,
+        /// The kubelet's seccomp directory (e.g. /var/lib/kubelet/seccomp, on a hostPath).
+        #[arg(long, env = "SANCTUM_SECCOMP_DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn read_input(path: &Path) -> Result<String> {
@@ -97,6 +107,29 @@ fn signer(key: Option<PathBuf>, config: &OperatorConfig) -> Result<Signer> {
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Installs the profile, then re-checks every minute (a node clean-up may remove it) until
+/// SIGTERM. A failed first install is fatal (the DaemonSet pod restarts and says why).
+async fn keep_seccomp_profile(profile: &Path, dir: &Path) -> Result<()> {
+    use sanctum_operator::seccomp::{Installed, install};
+    let report = |r: Installed| match r {
+        Installed::Written(p) => tracing::info!(path = %p.display(), "seccomp profile installed"),
+        Installed::Unchanged(_) => {}
+    };
+    report(install(profile, dir)?);
+    let shutdown = sanctum_common::proxy::server::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            _ = tick.tick() => match install(profile, dir) {
+                Ok(r) => report(r),
+                Err(error) => tracing::warn!(%error, "seccomp profile check failed"),
+            },
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -179,6 +212,14 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Keygen => {
             print!("{}", Signer::generate_pem()?);
             Ok(())
+        }
+        Command::SeccompInstall { profile, dir } => {
+            telemetry::init(cli.log_format);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(keep_seccomp_profile(&profile, &dir))
         }
     }
 }

@@ -32,7 +32,16 @@ pub enum Upstream {
     Unix(PathBuf),
     /// An `http` or `https` base URL; `Host` is set to its authority, and a path in the URL
     /// (`https://gw/prefix`) is put before every request path.
-    Url { scheme: Scheme, authority: Authority, prefix: String, ca_file: Option<PathBuf> },
+    Url { scheme: Scheme, authority: Authority, prefix: String, ca: Option<ExtraCa> },
+}
+
+/// CA certificates trusted for an https upstream besides the system roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraCa {
+    /// A PEM file, read when the client is built.
+    File(PathBuf),
+    /// PEM text, e.g. from the environment of a container that has no config volume.
+    Pem(String),
 }
 
 impl Upstream {
@@ -58,13 +67,21 @@ impl Upstream {
             return Err(invalid("a query string is not supported"));
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(Self::Url { scheme, authority, prefix, ca_file: None })
+        Ok(Self::Url { scheme, authority, prefix, ca: None })
     }
 
     /// Trusts the PEM certificates in `path` besides the system roots (`https` only).
     pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        if let Self::Url { ca_file, .. } = &mut self {
-            *ca_file = Some(path.into());
+        if let Self::Url { ca, .. } = &mut self {
+            *ca = Some(ExtraCa::File(path.into()));
+        }
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` (PEM text) besides the system roots.
+    pub fn with_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        if let Self::Url { ca, .. } = &mut self {
+            *ca = Some(ExtraCa::Pem(pem.into()));
         }
         self
     }
@@ -197,12 +214,12 @@ impl UpstreamClient {
                 };
                 (Kind::Unix(builder.build(connector)), None)
             }
-            Upstream::Url { authority, ca_file, .. } => {
+            Upstream::Url { authority, ca, .. } => {
                 let mut http = HttpConnector::new();
                 http.enforce_http(false);
                 http.set_nodelay(true);
                 http.set_connect_timeout(Some(limits.connect_timeout));
-                let tls = tls_config(ca_file.as_deref())?;
+                let tls = tls_config(ca.as_ref())?;
                 let https = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_or_http()
@@ -328,8 +345,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     out
 }
 
-/// rustls with the system roots plus an optional PEM file; `ring` as the crypto provider.
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, UpstreamError> {
+/// rustls with the system roots plus optional PEM certificates; `ring` as the crypto provider.
+fn tls_config(ca: Option<&ExtraCa>) -> Result<rustls::ClientConfig, UpstreamError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
@@ -337,10 +354,20 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, UpstreamEr
     // Unreadable system certificates are skipped: an explicit CA file may be all we need.
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca_file {
-        let ca_error = |why: String| UpstreamError::CaFile { path: path.to_owned(), why };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+    if let Some(ca) = ca {
+        let (what, parsed) = match ca {
+            ExtraCa::File(path) => {
+                (path.clone(), CertificateDer::pem_file_iter(path).map(|i| i.collect::<Vec<_>>()))
+            }
+            ExtraCa::Pem(pem) => (
+                PathBuf::from("(inline PEM)"),
+                Ok(CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Vec<_>>()),
+            ),
+        };
+        let ca_error = |why: String| UpstreamError::CaFile { path: what.clone(), why };
+        let certs: Vec<CertificateDer<'static>> = parsed
             .map_err(|e| ca_error(e.to_string()))?
+            .into_iter()
             .collect::<Result<_, _>>()
             .map_err(|e| ca_error(e.to_string()))?;
         if certs.is_empty() {

@@ -49,7 +49,7 @@ pub mod metrics;
 pub mod server;
 
 pub use body::{BodyError, ProxyBody};
-pub use client::{Upstream, UpstreamClient, UpstreamError};
+pub use client::{ExtraCa, Upstream, UpstreamClient, UpstreamError};
 pub use guard::{HeadError, HeadGuard};
 pub use limits::Limits;
 pub use metrics::ProxyMetrics;

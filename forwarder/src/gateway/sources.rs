@@ -48,7 +48,16 @@ impl Fetcher {
     }
 
     pub async fn get(&self, url: &str) -> Result<Bytes, String> {
+        self.get_with(url, None).await
+    }
+
+    /// GET with `Authorization: Bearer <token>` when `bearer` is set. A token is only ever
+    /// sent over https, so a misconfigured http URL cannot leak it.
+    pub async fn get_with(&self, url: &str, bearer: Option<&str>) -> Result<Bytes, String> {
         let uri: http::Uri = url.parse().map_err(|_| format!("'{url}' is not a URL"))?;
+        if bearer.is_some() && uri.scheme_str() != Some("https") {
+            return Err(format!("{url}: a bearer token is only sent over https"));
+        }
         let origin = format!(
             "{}://{}",
             uri.scheme_str().unwrap_or(""),
@@ -71,12 +80,17 @@ impl Fetcher {
             }
         };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::GET)
             .uri(path)
-            .header(http::header::ACCEPT, "application/json")
-            .body(ProxyBody::empty())
-            .map_err(|e| e.to_string())?;
+            .header(http::header::ACCEPT, "application/json");
+        if let Some(token) = bearer {
+            let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| "the bearer token file holds characters a header cannot carry")?;
+            value.set_sensitive(true);
+            req = req.header(http::header::AUTHORIZATION, value);
+        }
+        let req = req.body(ProxyBody::empty()).map_err(|e| e.to_string())?;
         let resp = client.send(req).await.map_err(|e| e.to_string())?;
         if resp.status() != StatusCode::OK {
             return Err(format!("{url} answered HTTP {}", resp.status().as_u16()));
@@ -122,6 +136,8 @@ impl Origin {
 pub struct JwksSource {
     pub name: &'static str,
     origin: Origin,
+    /// Bearer token file for a URL origin (re-read at every fetch: kubelet-rotated tokens).
+    token_file: Option<PathBuf>,
     keys: RwLock<Option<Arc<KeySet>>>,
     generation: AtomicU64,
     stamp: std::sync::Mutex<Option<(SystemTime, u64)>>,
@@ -135,6 +151,7 @@ impl JwksSource {
         Self {
             name,
             origin,
+            token_file: None,
             keys: RwLock::new(None),
             generation: AtomicU64::new(0),
             stamp: std::sync::Mutex::new(None),
@@ -142,6 +159,14 @@ impl JwksSource {
             refresh_lock: tokio::sync::Mutex::new(()),
             last_error: RwLock::new(None),
         }
+    }
+
+    /// Sends the token in `path` as a bearer token with every fetch of a URL origin, e.g.
+    /// the gateway's own ServiceAccount token for the Kubernetes service-account issuer's
+    /// JWKS (`https://kubernetes.default.svc/openid/v1/jwks`), which needs authentication.
+    pub fn with_token_file(mut self, path: Option<PathBuf>) -> Self {
+        self.token_file = path;
+        self
     }
 
     pub fn current(&self) -> Option<(Arc<KeySet>, u64)> {
@@ -188,7 +213,7 @@ impl JwksSource {
                     Err(e) => self.fail(format!("cannot read {}: {e}", path.display())),
                 }
             }
-            Origin::Url(url) => match fetch_jwks(fetcher, url).await {
+            Origin::Url(url) => match self.fetch(fetcher, url).await {
                 Ok(set) => self.install(set),
                 Err(e) => self.fail(e),
             },
@@ -233,8 +258,24 @@ impl JwksSource {
     }
 }
 
-async fn fetch_jwks(fetcher: &Fetcher, url: &str) -> Result<KeySet, String> {
-    let body = fetcher.get(url).await?;
+impl JwksSource {
+    async fn fetch(&self, fetcher: &Fetcher, url: &str) -> Result<KeySet, String> {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        fetch_jwks(fetcher, url, token.as_deref()).await
+    }
+}
+
+async fn fetch_jwks(fetcher: &Fetcher, url: &str, bearer: Option<&str>) -> Result<KeySet, String> {
+    let body = fetcher.get_with(url, bearer).await?;
     #[derive(serde::Deserialize)]
     struct Discovery {
         jwks_uri: Option<String>,
@@ -245,7 +286,7 @@ async fn fetch_jwks(fetcher: &Fetcher, url: &str) -> Result<KeySet, String> {
     if doc.keys.is_none()
         && let Some(jwks_uri) = doc.jwks_uri
     {
-        let body = fetcher.get(&jwks_uri).await?;
+        let body = fetcher.get_with(&jwks_uri, bearer).await?;
         return KeySet::parse(&body).map_err(|e| format!("{jwks_uri} {e}"));
     }
     KeySet::parse(&body).map_err(|e| format!("{url} {e}"))
