@@ -12,6 +12,8 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod install;
+
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

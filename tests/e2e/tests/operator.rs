@@ -50,8 +50,10 @@ async fn operator(cluster: &Cluster, dir: &Path) -> Operator {
         cluster.service_account_kubeconfig("sanctum-system", "sanctum-operator", dir).await;
     let key = dir.join("signing-key.pem");
     std::fs::write(&key, Signer::generate_pem().unwrap()).unwrap();
+    // The test plays the kubelet: a node selector no node matches keeps a real node (the
+    // local cluster has one) from running these pods and writing their status too.
     let config = format!(
-        "trat:\n  signingKeyFile: {}\npod:\n  seccompLocalhostProfile: null\n",
+        "trat:\n  signingKeyFile: {}\npod:\n  seccompLocalhostProfile: null\n  nodeSelector:\n    sanctum.dev/e2e-node: simulated\n",
         key.display()
     );
     Operator::start(&kubeconfig, &config, dir).await
