@@ -96,7 +96,8 @@ ca.crt: {{ .Values.__gatewayTls.ca }}
 {{- include "sanctum.gatewayTlsMaterial" . }}
 {{- .Values.__gatewayTls.ca | b64dec }}
 {{- else if eq .Values.gateway.tls.mode "secret" }}
-{{- required "gateway.tls.caBundle (PEM) is required with gateway.tls.mode=secret: the forwarders verify the gateway with it" .Values.gateway.tls.caBundle }}
+{{- /* Empty: the forwarders verify the gateway with the system roots of their image. */ -}}
+{{- .Values.gateway.tls.caBundle }}
 {{- end }}
 {{- end }}
 

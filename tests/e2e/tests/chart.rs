@@ -54,10 +54,33 @@ fn manifests_are_the_charts_rendering() {
     let mut render = Command::new(workspace().join("scripts/render-manifests"));
     render.arg(dir.path());
     run(render);
-    for file in ["operator-rbac.yaml", "sanctum.yaml", "webhook.yaml"] {
+    for file in ["operator-rbac.yaml", "sanctum.yaml", "webhook.yaml", "gateway.yaml"] {
         let fresh = std::fs::read_to_string(dir.path().join(file)).unwrap();
         let checked_in = std::fs::read_to_string(workspace().join("manifests").join(file)).unwrap();
         assert!(fresh == checked_in, "manifests/{file} is stale: run scripts/render-manifests");
+    }
+}
+
+/// `values.schema.json` refuses wrong values before anything is rendered, naming the value.
+#[test]
+fn wrong_values_are_refused_with_the_field_named() {
+    let Some(_) = helm() else { return };
+    let cases = [
+        ("gateway.tls.mode=mtls", "mode"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("gateway.state=etcd://x", "state"),
+        ("gateway.port=0", "port"),
+        ("operator.adminPort=99999", "adminPort"),
+        ("gateway.tls.mode=secret", "secretName"),
+        ("gatway.enabled=false", "gatway"),
+    ];
+    for (set, field) in cases {
+        let mut template = helm().unwrap();
+        template.args(["template", "s"]).arg(workspace().join("charts/sanctum")).args(["--set", set]);
+        let out = template.output().unwrap();
+        assert!(!out.status.success(), "--set {set} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "--set {set}: the error does not name {field}: {err}");
     }
 }
 
@@ -72,6 +95,8 @@ async fn helm_install_and_uninstall() {
         "--namespace",
         &ns.name,
         "--wait=false",
+        "--set",
+        &format!("gateway.namespace={},gateway.createNamespace=false", ns.name),
     ]);
     run(install);
     // The release holds cluster-wide admission objects: remove them even if this test fails.
