@@ -1,0 +1,1 @@
+//! Sanctum's images (filled in below).
