@@ -870,3 +870,55 @@ async fn dlp_rules_file_and_bad_configuration() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// Issue 12 item 2: in ServiceAccount mode a ScannerRun's TraT carries the ServiceAccount
+/// `sub`, which every pod of that ServiceAccount shares. The TraT names the run's pod, and
+/// the gateway takes it only from that pod's bound token. The audit record names the
+/// namespace (item 1).
+#[tokio::test]
+async fn service_account_trat_is_bound_to_its_pod() {
+    let s = Setup::new();
+    let p = provider(ProviderConfig::default()).await;
+    let gw =
+        s.gateway(&p.url().unwrap(), &["--allowed-sub", "system:serviceaccount:team-a:*"]).await;
+    let sub = "system:serviceaccount:team-a:default";
+    let sa_token = |pod: Option<&str>| {
+        let mut claims = json!({"sub": sub, "aud": [AUD], "exp": now() + 600, "iat": now()});
+        if let Some(pod) = pod {
+            claims["kubernetes.io"] = json!({"namespace": "team-a",
+                "pod": {"name": pod, "uid": format!("uid-{pod}")},
+                "serviceaccount": {"name": "default", "uid": "sa-uid"}});
+        }
+        s.svid_key.sign(&claims)
+    };
+    let mut claims = trat_claims("run-1", "txn-1");
+    claims["sub"] = json!(sub);
+    claims["tctx"]["namespace"] = json!("team-a");
+    claims["tctx"]["pod_name"] = json!("run-1-scanner");
+    let trat = s.trat_key.sign(&claims);
+
+    let own = sa_token(Some("run-1-scanner"));
+    let a = call(&gw, Some(&own), Some(&trat), messages_body(false, 10, "hi")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+
+    for (name, token, fragment) in [
+        (
+            "another pod of the ServiceAccount",
+            sa_token(Some("intruder")),
+            "belongs to pod 'intruder'",
+        ),
+        ("a token bound to no pod", sa_token(None), "not bound to a pod"),
+    ] {
+        let a = call(&gw, Some(&token), Some(&trat), messages_body(false, 10, "hi")).await;
+        assert_eq!(a.status, 403, "{name}: {}", a.text());
+        let msg = a.message();
+        assert!(
+            msg.contains("bound to pod 'run-1-scanner'") && msg.contains(fragment),
+            "{name}: {msg}"
+        );
+        assert_never_retry(&a);
+    }
+    assert_eq!(p.requests().len(), 1, "only the run's own pod reached the provider");
+    let audit = audit_lines(&s.path("audit.log"), 3).await;
+    assert!(audit.iter().all(|l| l["namespace"] == "team-a"), "{audit:?}");
+}

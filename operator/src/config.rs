@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::crd::IdentitySource;
+use crate::tenancy::{NamespacePolicy, Tenancy};
 use sanctum_common::defaults;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub struct OperatorConfig {
     pub pod: PodSettings,
     pub webhook: Webhook,
     pub token_service: TokenService,
+    /// Which orgs each namespace may bill, for ScannerRuns and the token service alike.
+    pub tenancy: Tenancy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,34 +136,19 @@ pub struct Webhook {
     pub spiffe_helper_config_map: String,
 }
 
-/// The token service: which namespaces may trade a pod's ServiceAccount token for a TraT,
-/// on behalf of which org and with which budget.
+/// The token service (TraTs for injected pods). Which org a namespace bills is the
+/// `tenancy` section's decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TokenService {
     /// Lifetime of a TraT minted for an injected pod.
     pub trat_ttl_seconds: i64,
-    /// Policy per namespace.
+    /// Deprecated: read into `tenancy.namespaces` at load (kept for one release).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub namespaces: BTreeMap<String, NamespacePolicy>,
-    /// Policy of namespaces not listed; unset: they get no TraT (403).
+    /// Deprecated: read into `tenancy.defaultPolicy` at load (kept for one release).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_policy: Option<NamespacePolicy>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NamespacePolicy {
-    /// `tctx.org_id`: whose provider key the gateway uses.
-    pub org_id: String,
-    /// `tctx.budget_tokens`; unset: the gateway's default budget.
-    #[serde(default)]
-    pub budget_tokens: Option<u64>,
-}
-
-impl TokenService {
-    /// The policy of `namespace`, if it may have TraTs at all.
-    pub fn policy(&self, namespace: &str) -> Option<&NamespacePolicy> {
-        self.namespaces.get(namespace).or(self.default_policy.as_ref())
-    }
 }
 
 impl Default for OperatorConfig {
@@ -175,6 +163,7 @@ impl Default for OperatorConfig {
             pod: PodSettings::default(),
             webhook: Webhook::default(),
             token_service: TokenService::default(),
+            tenancy: Tenancy::default(),
         }
     }
 }
@@ -300,13 +289,19 @@ impl OperatorConfig {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = if text.trim().is_empty() {
+        let mut config: Self = if text.trim().is_empty() {
             Self::default()
         } else {
             serde_yaml::from_str(text)
                 .map_err(|source| ConfigError::Parse { path: path.into(), source })?
         };
-        config.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        let invalid = |message| ConfigError::Invalid { path: path.into(), message };
+        let legacy = &mut config.token_service;
+        config
+            .tenancy
+            .absorb_legacy(&mut legacy.namespaces, &mut legacy.default_policy)
+            .map_err(invalid)?;
+        config.validate().map_err(invalid)?;
         Ok(config)
     }
 
@@ -347,6 +342,7 @@ impl OperatorConfig {
         if !(60..=86_400).contains(&self.token_service.trat_ttl_seconds) {
             return Err("tokenService.tratTtlSeconds must be between 60 and 86400".into());
         }
+        self.tenancy.validate()?;
         if sanctum_common::SpiffeId::scanner(&self.identity.trust_domain, "x").is_err() {
             return Err(format!(
                 "identity.trustDomain '{}' is not a valid SPIFFE trust domain",
@@ -385,6 +381,24 @@ mod tests {
         let err =
             OperatorConfig::parse("gatway: {}\n", Path::new("c.yaml")).unwrap_err().to_string();
         assert!(err.contains("c.yaml") && err.contains("gatway"), "{err}");
+    }
+
+    #[test]
+    fn legacy_token_service_namespaces_become_tenancy() {
+        let c = OperatorConfig::parse(
+            "tokenService:\n  namespaces:\n    team: {orgId: acme, budgetTokens: 5}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert!(c.token_service.namespaces.is_empty());
+        assert_eq!(c.tenancy.policy("team").unwrap().budget_tokens, Some(5));
+        let err = OperatorConfig::parse(
+            "tenancy: {defaultOrg: acme}\ntokenService:\n  namespaces:\n    team: {orgId: acme}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tenancy.namespaces"), "{err}");
     }
 
     #[test]

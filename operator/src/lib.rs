@@ -16,6 +16,7 @@ pub mod reconcile;
 pub mod render;
 pub mod revoked;
 pub mod status;
+pub mod tenancy;
 pub mod token_service;
 pub mod tokens;
 pub mod webhook;

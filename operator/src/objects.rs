@@ -17,6 +17,7 @@ use crate::names::{SECRET_KEY_HELPER_CONF, SECRET_KEY_TRAT};
 use crate::netpol::build_network_policy;
 use crate::plan::{PlanError, RunPlan};
 use crate::pod::{build_pod, owned_meta};
+use crate::tenancy::TenancyError;
 use crate::tokens::{Signer, TokenError, trat_claims};
 
 /// Where spiffe-helper finds the SPIRE agent inside `fetch-jwt`.
@@ -37,6 +38,8 @@ pub enum BuildError {
     Inject(#[from] InjectError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Tenancy(#[from] TenancyError),
 }
 
 impl BuildError {
@@ -46,6 +49,7 @@ impl BuildError {
             BuildError::Plan(e) => e.reason(),
             BuildError::Inject(_) => "InvalidPodSpec",
             BuildError::Token(_) => "SigningKeyUnavailable",
+            BuildError::Tenancy(e) => e.reason(),
         }
     }
 }
@@ -84,6 +88,10 @@ pub fn build_secret(
 }
 
 /// Builds all of a run's objects. `now` is seconds since the epoch (the TraT's `iat`).
+///
+/// Errors: the spec cannot be built ([`BuildError::Plan`], [`BuildError::Inject`]), the
+/// run's namespace may not bill `spec.orgId` ([`BuildError::Tenancy`]: checked here, where
+/// the token is minted, so no path mints one for a forbidden org), or signing failed.
 pub fn build(
     run: &ScannerRun,
     config: &OperatorConfig,
@@ -91,8 +99,15 @@ pub fn build(
     now: u64,
 ) -> Result<RunObjects, BuildError> {
     let plan = RunPlan::new(run, config)?;
+    let policy = config.tenancy.allow_run(&plan.namespace, &plan.org_id)?;
     let pod = build_pod(run, &plan, config)?;
-    let claims = trat_claims(&plan, &config.trat.issuer, config.trat.expiry_margin_seconds, now);
+    let claims = trat_claims(
+        &plan,
+        policy.budget_tokens,
+        &config.trat.issuer,
+        config.trat.expiry_margin_seconds,
+        now,
+    );
     let trat = signer.sign(&claims)?;
     Ok(RunObjects {
         secret: build_secret(run, &plan, config, &trat),

@@ -15,7 +15,8 @@
 //! projected token the bridge sends), `spiffe://<td>/ns/<ns>/sa/<sa>` in `spiffe` mode (the
 //! SPIRE Kubernetes registrar's default template). `txn` is the pod UID (unique for all
 //! time: the unit of budget), `tctx` names the namespace, ServiceAccount, pod and UID, and
-//! the org and budget come from the namespace's policy in the operator config.
+//! the org and budget come from the namespace's `tenancy` policy in the operator config
+//! (the same policy that confines ScannerRuns, see [`crate::tenancy`]).
 
 use std::collections::BTreeMap;
 
@@ -60,7 +61,7 @@ pub enum TokenServiceError {
     )]
     NotInjected { namespace: String, name: String },
     #[error(
-        "namespace {0} has no token service policy: add it under tokenService.namespaces in the operator config (or set tokenService.defaultPolicy)"
+        "namespace {0} bills no org: add `tenancy: {{namespaces: {{{0}: {{orgId: <org>}}}}}}` to the operator config (or `tenancy: {{defaultOrg: <org>}}` for a single-tenant install)"
     )]
     NoPolicy(String),
     #[error("the token service is not available: {0}; retry later")]
@@ -173,7 +174,7 @@ pub fn claims_for(
         });
     }
     let policy = config
-        .token_service
+        .tenancy
         .policy(&id.namespace)
         .ok_or_else(|| TokenServiceError::NoPolicy(id.namespace.clone()))?;
     let ttl = u64::try_from(config.token_service.trat_ttl_seconds).unwrap_or(3600);
@@ -265,7 +266,7 @@ impl TokenService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NamespacePolicy;
+    use crate::tenancy::NamespacePolicy;
     use k8s_openapi::api::authentication::v1::UserInfo;
 
     fn status(audiences: &[&str], extra: bool) -> TokenReviewStatus {
@@ -299,9 +300,9 @@ mod tests {
     fn config() -> OperatorConfig {
         let mut c = OperatorConfig::default();
         c.identity.source = IdentitySource::ServiceAccountToken;
-        c.token_service.namespaces.insert(
+        c.tenancy.namespaces.insert(
             "team".into(),
-            NamespacePolicy { org_id: "acme".into(), budget_tokens: Some(5) },
+            NamespacePolicy { org_id: "acme".into(), other_orgs: vec![], budget_tokens: Some(5) },
         );
         c
     }
@@ -342,7 +343,7 @@ mod tests {
             Err(TokenServiceError::NotInjected { .. })
         ));
         let mut other = config();
-        other.token_service.namespaces.clear();
+        other.tenancy.namespaces.clear();
         assert!(matches!(
             claims_for(&id, Some(&pod("u1", true)), &other, 1),
             Err(TokenServiceError::NoPolicy(_))

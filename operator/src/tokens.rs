@@ -126,8 +126,16 @@ impl Signer {
     }
 }
 
-/// The TraT claims of a run: valid from `now` until the run's deadline plus a margin.
-pub fn trat_claims(plan: &RunPlan, issuer: &str, margin_seconds: i64, now: u64) -> TratClaims {
+/// The TraT claims of a run: valid from `now` (seconds since the epoch) until the run's
+/// deadline plus `margin_seconds`. `tctx` names the namespace (for the audit record) and
+/// the run's pod: the gateway requires a ServiceAccount-token caller to be that pod.
+pub fn trat_claims(
+    plan: &RunPlan,
+    budget_tokens: Option<u64>,
+    issuer: &str,
+    margin_seconds: i64,
+    now: u64,
+) -> TratClaims {
     let lifetime = u64::try_from(plan.timeout_seconds.saturating_add(margin_seconds)).unwrap_or(0);
     TratClaims {
         iss: issuer.to_owned(),
@@ -139,6 +147,9 @@ pub fn trat_claims(plan: &RunPlan, issuer: &str, margin_seconds: i64, now: u64) 
         scope: SCOPE_LLM_MESSAGES.to_owned(),
         tctx: TransactionContext {
             repo: Some(plan.repo.clone()),
+            budget_tokens,
+            namespace: Some(plan.namespace.clone()),
+            pod_name: Some(plan.pod_name.clone()),
             ..TransactionContext::new(
                 format!("{}/{}", plan.namespace, plan.name),
                 plan.org_id.clone(),

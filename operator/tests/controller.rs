@@ -108,13 +108,28 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
+/// The operator config of the scenarios: namespace `ns` bills org `acme`.
+fn config() -> OperatorConfig {
+    OperatorConfig::parse("tenancy:\n  namespaces:\n    ns: {orgId: acme}\n", "c.yaml".as_ref())
+        .unwrap()
+}
+
 /// Runs `reconcile` for `run` against a mock API server that expects exactly `script`.
 async fn scenario(run: Value, script: Vec<Expect>, signer: SignerSlot) -> Arc<Context> {
+    scenario_with(config(), run, script, signer).await
+}
+
+async fn scenario_with(
+    config: OperatorConfig,
+    run: Value,
+    script: Vec<Expect>,
+    signer: SignerSlot,
+) -> Arc<Context> {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Arc::new(Context {
         client: client.clone(),
-        config: OperatorConfig::default(),
+        config,
         signer,
         recorder: Recorder::new(
             client,
@@ -434,6 +449,52 @@ async fn foreign_pod_with_the_same_name_is_a_conflict_not_a_crash() {
         event("PodConflict", "Warning"),
     ];
     scenario(run_json(json!(null)), script, key_slot()).await;
+}
+
+/// Issue 12 item 1: a run in a namespace that bills `acme` names `bigcorp`. It fails with
+/// `OrgNotAllowed` and an Event naming the namespace, the org and the config key; no Secret
+/// (token), NetworkPolicy or pod is created.
+#[tokio::test]
+async fn run_naming_an_org_its_namespace_may_not_bill_fails_without_a_token() {
+    let mut run = run_json(json!(null));
+    run["spec"]["orgId"] = json!("bigcorp");
+    let says_what = |text: &str| {
+        assert!(text.contains("namespace ns may bill org acme, not 'bigcorp'"), "{text}");
+        assert!(text.contains("tenancy.namespaces.ns.otherOrgs: [bigcorp]"), "{text}");
+    };
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        status_patch(json!({"phase": "Failed"}), move |status| {
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(condition(status, "Provisioned")["reason"], "OrgNotAllowed");
+            assert_eq!(condition(status, "Finished")["reason"], "OrgNotAllowed");
+            says_what(status["message"].as_str().unwrap());
+        }),
+        expect(Method::POST, EVENTS, 201, None, move |body| {
+            assert_eq!(
+                (body["reason"].as_str(), body["type"].as_str()),
+                (Some("OrgNotAllowed"), Some("Warning"))
+            );
+            says_what(body["note"].as_str().unwrap());
+        }),
+    ];
+    scenario(run, script, key_slot()).await;
+}
+
+/// With no tenancy policy at all, a run bills no org, and the message gives the one line
+/// that makes a single-tenant install work.
+#[tokio::test]
+async fn without_a_tenancy_policy_a_run_fails_with_the_line_to_add() {
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(condition(status, "Provisioned")["reason"], "OrgNotAllowed");
+            let message = status["message"].as_str().unwrap();
+            assert!(message.contains("tenancy: {defaultOrg: acme}"), "{message}");
+        }),
+        event("OrgNotAllowed", "Warning"),
+    ];
+    scenario_with(OperatorConfig::default(), run_json(json!(null)), script, key_slot()).await;
 }
 
 #[test]

@@ -182,6 +182,7 @@ proptest! {
     #[test]
     fn every_built_pod_is_hardened(spec in spec_strategy(), localhost in proptest::bool::ANY) {
         let mut config = OperatorConfig::default();
+        config.tenancy.default_org = Some(spec.org_id.clone());
         if !localhost {
             config.pod.seccomp_localhost_profile = None;
         }

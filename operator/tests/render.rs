@@ -25,9 +25,14 @@ fn documents(yaml: &str) -> Vec<serde_yaml::Value> {
         .collect()
 }
 
+/// A single-tenant install: every namespace bills `acme` (the examples' org).
+fn config() -> OperatorConfig {
+    OperatorConfig::parse("tenancy: {defaultOrg: acme}\n", "c.yaml".as_ref()).unwrap()
+}
+
 fn render_example(file: &str) -> Vec<serde_yaml::Value> {
     let text = std::fs::read_to_string(root().join("examples").join(file)).unwrap();
-    let (out, skipped) = render(&text, &OperatorConfig::default(), &signer(), NOW).unwrap();
+    let (out, skipped) = render(&text, &config(), &signer(), NOW).unwrap();
     assert!(skipped.is_empty());
     documents(&out)
 }
@@ -90,6 +95,8 @@ fn trat_in_secret_verifies_against_jwks() {
     assert_eq!(claims.tctx.org_id, "acme");
     assert_eq!(claims.tctx.run_id, "scan-run/audit-libfoo");
     assert_eq!(claims.tctx.repo.as_deref(), Some("https://github.com/example/libfoo.git"));
+    assert_eq!(claims.tctx.namespace.as_deref(), Some("scan-run"));
+    assert_eq!(claims.tctx.pod_name.as_ref(), pod.metadata.name.as_ref());
     assert_eq!(claims.iat, NOW);
     // timeout (default 3600) plus the margin (600).
     assert_eq!(claims.exp, NOW + 3600 + 600);
@@ -126,9 +133,13 @@ fn bad_documents_name_the_document_and_field() {
             "document 1 (ScannerRun v): spec.identity.source: unknown variant `magic`",
         ),
         ("a: [unclosed\n", "document 1: not YAML"),
+        (
+            "apiVersion: sanctum.dev/v1alpha1\nkind: ScannerRun\nmetadata: {name: u, namespace: team-a}\nspec: {image: a, orgId: bigcorp, source: {volume: {claimName: c}}}\n",
+            "document 1 (ScannerRun u): namespace team-a may bill org acme, not 'bigcorp'",
+        ),
     ];
     for (text, expected) in cases {
-        let err = render(text, &OperatorConfig::default(), &signer(), NOW).unwrap_err().to_string();
+        let err = render(text, &config(), &signer(), NOW).unwrap_err().to_string();
         assert!(err.starts_with(expected), "expected {expected:?}, got {err:?}");
         assert!(!err.contains('\n'), "one line: {err:?}");
     }

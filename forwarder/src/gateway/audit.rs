@@ -27,6 +27,10 @@ pub struct AuditRecord {
     pub run: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub org: Option<String>,
+    /// The namespace the run or pod lives in (`tctx.namespace`; absent in TraTs of older
+    /// operators).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -96,9 +96,10 @@ pub fn trat(e: &TratError) -> Rejection {
         TratError::Audience(_) => ("trat_audience", ApiError::unauthorized(msg)),
         TratError::Issuer { .. } => ("trat_issuer", ApiError::unauthorized(msg)),
         TratError::Scope(_) => ("trat_scope", ApiError::forbidden(msg)),
-        TratError::NotBound { .. } | TratError::PodMismatch { .. } => {
-            ("trat_not_bound", ApiError::forbidden(msg))
-        }
+        TratError::NotBound { .. }
+        | TratError::PodMismatch { .. }
+        | TratError::PodNameMismatch { .. }
+        | TratError::PodUnbound(_) => ("trat_not_bound", ApiError::forbidden(msg)),
         TratError::Revoked(_) => ("trat_revoked", ApiError::forbidden(msg)),
     };
     Rejection::new(reason, error)

@@ -287,6 +287,7 @@ impl Gateway {
         audit.txn = Some(trat.txn.clone());
         audit.run = Some(trat.tctx.run_id.clone());
         audit.org = Some(trat.tctx.org_id.clone());
+        audit.namespace = trat.tctx.namespace.clone();
         self.settings.trat.check_binding(&trat, &caller).map_err(|e| reject::trat(&e))?;
         match self.revocations.status(&trat.txn) {
             RevocationStatus::Ok => {}

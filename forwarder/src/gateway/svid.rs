@@ -98,6 +98,18 @@ pub struct Identity {
     pub nbf: Option<u64>,
     /// The pod's UID, when the token names one (ServiceAccount tokens).
     pub pod_uid: Option<String>,
+    /// The pod's name, when the token names one (`kubernetes.io.pod.name` of a bound
+    /// ServiceAccount token).
+    pub pod_name: Option<String>,
+}
+
+impl Identity {
+    /// Whether the caller presented a Kubernetes ServiceAccount token (rather than a SPIRE
+    /// JWT-SVID): such a `sub` names only the ServiceAccount, so the pod binding is what tells
+    /// one pod of that ServiceAccount from another.
+    pub fn is_service_account(&self) -> bool {
+        self.sub.starts_with("system:serviceaccount:")
+    }
 }
 
 impl Identity {
@@ -158,8 +170,8 @@ impl SvidPolicy {
         if !claims.aud.as_ref().is_some_and(|a| a.contains(&self.audience)) {
             return Err(SvidError::Audience(self.audience.clone()));
         }
-        let pod_uid = claims.kubernetes.and_then(|k| k.pod).and_then(|p| p.uid);
-        let identity = Identity { sub, exp, nbf, pod_uid };
+        let pod = claims.kubernetes.and_then(|k| k.pod).unwrap_or_default();
+        let identity = Identity { sub, exp, nbf, pod_uid: pod.uid, pod_name: pod.name };
         identity.time_check(now, self.leeway)?;
         if !self.allowed.iter().any(|p| p.matches(&identity.sub)) {
             return Err(SvidError::SubjectNotAllowed {
@@ -241,6 +253,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(id.pod_uid.as_deref(), Some("u-1"));
+        assert_eq!(id.pod_name.as_deref(), Some("p"));
+        assert!(id.is_service_account());
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! After the signature (against the operator's JWKS): `aud`, `exp` (with leeway), optional
 //! `iss`, scope `llm.messages`, not revoked, and bound to the caller — `sub` equal to the
-//! JWT-SVID's `sub` and, when both tokens name the pod, the same pod UID.
+//! JWT-SVID's `sub` and, when both tokens name the pod, the same pod UID. A TraT that names
+//! its pod (`tctx.pod_name`) presented with a Kubernetes ServiceAccount token must come from
+//! that very pod: the ServiceAccount `sub` alone would let any pod of the ServiceAccount use
+//! it. (A SPIRE JWT-SVID names no pod; its per-run SPIFFE ID is the binding.)
 
 use thiserror::Error;
 
@@ -28,6 +31,14 @@ pub enum TratError {
     NotBound { trat_sub: String, svid_sub: String },
     #[error("is bound to pod UID '{trat}', but the caller's token names pod UID '{svid}'")]
     PodMismatch { trat: String, svid: String },
+    #[error(
+        "is bound to pod '{trat}', but the caller's ServiceAccount token belongs to pod '{svid}': only the run's own pod may present it"
+    )]
+    PodNameMismatch { trat: String, svid: String },
+    #[error(
+        "is bound to pod '{0}', but the caller's ServiceAccount token is not bound to a pod: send the pod's projected ServiceAccount token (a pod volume), not a Secret-based or TokenRequest token"
+    )]
+    PodUnbound(String),
     #[error("has an empty '{0}' claim")]
     Empty(&'static str),
     #[error("was revoked: run txn '{0}' has ended")]
@@ -82,6 +93,20 @@ impl TratPolicy {
         {
             return Err(TratError::PodMismatch { trat: trat.clone(), svid: svid.clone() });
         }
+        if let Some(trat) = &claims.tctx.pod_name
+            && caller.is_service_account()
+        {
+            match &caller.pod_name {
+                None => return Err(TratError::PodUnbound(trat.clone())),
+                Some(svid) if svid != trat => {
+                    return Err(TratError::PodNameMismatch {
+                        trat: trat.clone(),
+                        svid: svid.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 }
@@ -119,7 +144,7 @@ mod tests {
     }
 
     fn caller() -> Identity {
-        Identity { sub: SUB.into(), exp: 2000, nbf: None, pod_uid: None }
+        Identity { sub: SUB.into(), exp: 2000, nbf: None, pod_uid: None, pod_name: None }
     }
 
     #[test]
@@ -162,5 +187,34 @@ mod tests {
         assert!(matches!(p.check_binding(&c, &sa), Err(TratError::PodMismatch { .. })));
         sa.pod_uid = Some("u1".into());
         p.check_binding(&c, &sa).unwrap();
+    }
+
+    /// Issue 12 item 2: a ScannerRun's TraT names its pod; another pod of the same
+    /// ServiceAccount (same `sub`) is refused, and so is a token bound to no pod.
+    #[test]
+    fn service_account_caller_must_be_the_named_pod() {
+        let p = policy();
+        let sub = "system:serviceaccount:team-a:default";
+        let mut c = sample_claims(sub, 2000);
+        c.tctx.pod_name = Some("run-1-scanner".into());
+        let pod = |name: Option<&str>| Identity {
+            sub: sub.into(),
+            exp: 2000,
+            nbf: None,
+            pod_uid: name.map(|_| "u".into()),
+            pod_name: name.map(Into::into),
+        };
+        p.check_binding(&c, &pod(Some("run-1-scanner"))).unwrap();
+        let err = p.check_binding(&c, &pod(Some("intruder"))).unwrap_err();
+        assert!(err.to_string().contains("bound to pod 'run-1-scanner'"), "{err}");
+        assert!(err.to_string().contains("'intruder'"), "{err}");
+        assert!(matches!(p.check_binding(&c, &pod(None)), Err(TratError::PodUnbound(_))));
+        // A TraT naming no pod (older operators) keeps the sub binding alone.
+        c.tctx.pod_name = None;
+        p.check_binding(&c, &pod(Some("intruder"))).unwrap();
+        // A SPIRE caller names no pod: its SPIFFE ID is the binding.
+        let mut spire = sample_claims(SUB, 2000);
+        spire.tctx.pod_name = Some("run-1-scanner".into());
+        p.check_binding(&spire, &caller()).unwrap();
     }
 }

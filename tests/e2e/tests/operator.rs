@@ -53,7 +53,7 @@ async fn operator(cluster: &Cluster, dir: &Path) -> Operator {
     // The test plays the kubelet: a node selector no node matches keeps a real node (the
     // local cluster has one) from running these pods and writing their status too.
     let config = format!(
-        "trat:\n  signingKeyFile: {}\npod:\n  seccompLocalhostProfile: null\n  nodeSelector:\n    sanctum.dev/e2e-node: simulated\n",
+        "trat:\n  signingKeyFile: {}\npod:\n  seccompLocalhostProfile: null\n  nodeSelector:\n    sanctum.dev/e2e-node: simulated\ntenancy:\n  defaultOrg: acme\n",
         key.display()
     );
     Operator::start(&kubeconfig, &config, dir).await
@@ -412,7 +412,8 @@ async fn pod_security_restricted_admits_the_rendered_pod_and_refuses_an_unharden
         cluster.namespace("psa", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
     let text = std::fs::read_to_string(workspace().join("examples/scannerrun-git.yaml")).unwrap();
     let signer = Signer::ephemeral().unwrap();
-    let config = sanctum_operator::config::OperatorConfig::default();
+    let mut config = sanctum_operator::config::OperatorConfig::default();
+    config.tenancy.default_org = Some("acme".into());
     let (out, _) =
         sanctum_operator::render::render(&text, &config, &signer, 1_800_000_000).unwrap();
     let mut pod: Pod = out
