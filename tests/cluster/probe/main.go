@@ -2,7 +2,8 @@
 //
 //	probe serve ADDR          answer every HTTP request with "ok <hostname>"
 //	probe get URL [SECONDS]   GET URL, print the body; exit 1 on any failure
-//	probe resolve NAME        print NAME's addresses (cluster DNS via /etc/resolv.conf)
+//	probe resolve NAME [SERVER:PORT]
+//	                          print NAME's addresses (via /etc/resolv.conf, or ask SERVER)
 //	probe echo WORDS...       print WORDS and exit 0
 package main
 
@@ -25,7 +26,7 @@ func fail(f string, a ...any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: probe serve ADDR | get URL [SECONDS] | resolve NAME | echo WORDS...")
+		fail("usage: probe serve ADDR | get URL [SECONDS] | resolve NAME [SERVER:PORT] | echo WORDS...")
 	}
 	switch os.Args[1] {
 	case "serve":
@@ -62,7 +63,15 @@ func main() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		addrs, err := net.DefaultResolver.LookupHost(ctx, os.Args[2])
+		r := net.DefaultResolver
+		if len(os.Args) > 3 {
+			server := os.Args[3]
+			r = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, server)
+			}}
+		}
+		addrs, err := r.LookupHost(ctx, os.Args[2])
 		if err != nil {
 			fail("resolve %s: %v", os.Args[2], err)
 		}
