@@ -94,7 +94,11 @@ fn file_uri(rel: &str) -> String {
 
 fn props(pairs: impl IntoIterator<Item = (&'static str, Value)>, tags: Vec<String>) -> PropertyBag {
     let map: BTreeMap<String, Value> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    PropertyBag::builder().tags(tags).additional_properties(map).build()
+    let mut bag = PropertyBag::builder().additional_properties(map).build();
+    if !tags.is_empty() {
+        bag.tags = Some(tags);
+    }
+    bag
 }
 
 /// The SARIF log for `findings`.
