@@ -12,6 +12,12 @@
 //!   effects, so re-running is the user's decision (create a new ScannerRun).
 //! - A spec that cannot be built fails the run with a condition and an Event, and is not
 //!   retried: only a new ScannerRun can fix it (the spec is immutable).
+//! - The run's Secret is used only if this run created it: right after the create succeeds
+//!   the status records it (`SecretCreated`), and a create answered 409 without that record
+//!   means someone else's Secret sits under the run's name, so the run fails
+//!   (`SecretConflict`) before any pod could mount it. (Crashing between the create and the
+//!   record fails the run the same way: safe, and rare.) Tenants cannot write the status:
+//!   it is a subresource the operator alone is granted.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,7 +42,8 @@ use crate::objects::{BuildError, build};
 use crate::plan::RunPlan;
 use crate::revoked::Revoked;
 use crate::status::{
-    self, FINISHED, Observation, PROVISIONED, RESULT_RECORDED, STARTED, set_condition,
+    self, FINISHED, Observation, PROVISIONED, RESULT_RECORDED, SECRET_CREATED, STARTED,
+    set_condition,
 };
 use crate::tokens::{Signer, TokenError};
 
@@ -125,6 +132,48 @@ pub fn failed_to_build(run: &ScannerRun, error: &BuildError, now: &Time) -> Scan
     status.observed_generation = generation;
     status.completion_time = Some(now.clone());
     status
+}
+
+/// The status after the run could not be provisioned because an object of its name exists
+/// that it does not own (`reason`: `PodConflict`, `SecretConflict`).
+pub fn conflict(run: &ScannerRun, reason: &str, message: &str, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        condition(PROVISIONED, false, reason, message, generation, now),
+    );
+    set_condition(
+        &mut status.conditions,
+        condition(FINISHED, true, reason, message, generation, now),
+    );
+    status.phase = Some(Phase::Failed);
+    status.message = Some(message.to_owned());
+    status.observed_generation = generation;
+    status.completion_time = Some(now.clone());
+    status
+}
+
+/// The status right after this run created its Secret: the record that the Secret of the
+/// run's name is its own.
+pub fn secret_created(run: &ScannerRun, plan: &RunPlan, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    let message = format!("created Secret {} holding the run's TraT", plan.secret_name);
+    set_condition(
+        &mut status.conditions,
+        condition(SECRET_CREATED, true, "Created", &message, generation, now),
+    );
+    status.phase = Some(Phase::Pending);
+    status.observed_generation = generation;
+    status
+}
+
+/// Whether the run's status records that it created its Secret.
+pub fn created_its_secret(run: &ScannerRun) -> bool {
+    run.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| c.type_ == SECRET_CREATED && c.status == "True")
+    })
 }
 
 /// The status right after the run's objects were created.
@@ -314,22 +363,7 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
             "pod {} exists and is not owned by this ScannerRun; delete that pod or create the run under another name",
             plan.pod_name
         );
-        let mut status = run.status.clone().unwrap_or_default();
-        set_condition(
-            &mut status.conditions,
-            condition(PROVISIONED, false, "PodConflict", &error, run.metadata.generation, &now),
-        );
-        set_condition(
-            &mut status.conditions,
-            condition(FINISHED, true, "PodConflict", &error, run.metadata.generation, &now),
-        );
-        status.phase = Some(Phase::Failed);
-        status.message = Some(error.clone());
-        status.completion_time = Some(now.clone());
-        write_status(&runs, &name, &status).await?;
-        ctx.metrics.transition("Failed", "PodConflict");
-        publish(ctx, run, true, "PodConflict", &error).await;
-        return Ok(Action::await_change());
+        return fail_conflict(run, ctx, &runs, &name, "PodConflict", &error, &now).await;
     }
 
     let obs = status::observe(&pod);
@@ -351,6 +385,22 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
     if phase.is_terminal() {
         revoke(run, ctx);
     }
+    Ok(Action::await_change())
+}
+
+async fn fail_conflict(
+    run: &ScannerRun,
+    ctx: &Context,
+    runs: &Api<ScannerRun>,
+    name: &str,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) -> Result<Action, Error> {
+    tracing::warn!(run = name, reason, message, "ScannerRun cannot be provisioned");
+    write_status(runs, name, &conflict(run, reason, message, now)).await?;
+    ctx.metrics.transition("Failed", reason);
+    publish(ctx, run, true, reason, message).await;
     Ok(Action::await_change())
 }
 
@@ -389,12 +439,25 @@ async fn create(
     let apply = PatchParams::apply(MANAGER).force();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &plan.namespace);
     let create = PostParams { dry_run: false, field_manager: Some(MANAGER.into()) };
+    let mut run = run.clone();
     match secrets.create(&create, &objects.secret).await {
-        Ok(_) => {}
+        Ok(_) => {
+            let status = secret_created(&run, plan, now);
+            write_status(runs, name, &status).await?;
+            run.status = Some(status);
+        }
         // Created by an earlier pass that failed later: keep the token it holds.
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(kube::Error::Api(e)) if e.code == 409 && created_its_secret(&run) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let message = format!(
+                "a Secret {} exists that this run did not create; delete it or rename the run",
+                plan.secret_name
+            );
+            return fail_conflict(&run, ctx, runs, name, "SecretConflict", &message, now).await;
+        }
         Err(e) => return Err(e.into()),
     }
+    let run = &run;
     // The policy before the pod, so the pod never runs unfenced.
     let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &plan.namespace);
     policies

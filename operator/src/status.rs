@@ -15,6 +15,10 @@ pub const PROVISIONED: &str = "Provisioned";
 pub const STARTED: &str = "Started";
 pub const FINISHED: &str = "Finished";
 pub const RESULT_RECORDED: &str = "ResultRecorded";
+/// True once this run created its Secret (the TraT): a Secret of that name that the run
+/// did not create is never used (the operator may only `create` Secrets, not read them, so
+/// this record is how it tells its own Secret from a planted one).
+pub const SECRET_CREATED: &str = "SecretCreated";
 
 /// What one look at the pod tells.
 #[derive(Debug, Clone, PartialEq)]

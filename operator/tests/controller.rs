@@ -211,6 +211,9 @@ async fn new_run_creates_secret_policy_pod_then_reports_pending() {
             assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], UID);
             assert!(body["data"]["trat.jwt"].is_string());
         }),
+        status_patch(json!({"phase": "Pending"}), |status| {
+            assert_eq!(condition(status, "SecretCreated")["status"], "True");
+        }),
         expect(
             Method::PATCH,
             "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/run-1-scanner",
@@ -231,6 +234,7 @@ async fn new_run_creates_secret_policy_pod_then_reports_pending() {
             assert_eq!(status["podName"], "run-1-scanner");
             assert_eq!(status["observedGeneration"], 1);
             assert_eq!(condition(status, "Provisioned")["status"], "True");
+            assert_eq!(condition(status, "SecretCreated")["status"], "True", "the record stays");
         }),
         event("Created", "Normal"),
     ];
@@ -495,6 +499,58 @@ async fn without_a_tenancy_policy_a_run_fails_with_the_line_to_add() {
         event("OrgNotAllowed", "Warning"),
     ];
     scenario_with(OperatorConfig::default(), run_json(json!(null)), script, key_slot()).await;
+}
+
+fn already_exists() -> Option<Value> {
+    Some(
+        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"AlreadyExists","code":409,"message":"secrets \"run-1-sanctum\" already exists"}),
+    )
+}
+
+/// Issue 12 item 3: a Secret named `<run>-sanctum` that the run did not create (someone
+/// planted it, with a token of their choosing) is never mounted: the run fails with
+/// `SecretConflict`, and no NetworkPolicy or pod is created.
+#[tokio::test]
+async fn planted_secret_with_the_run_s_name_fails_the_run_before_any_pod() {
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        expect(Method::POST, "/api/v1/namespaces/ns/secrets", 409, already_exists(), |_| {}),
+        status_patch(json!({"phase": "Failed"}), |status| {
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(condition(status, "Provisioned")["reason"], "SecretConflict");
+            assert_eq!(
+                status["message"],
+                "a Secret run-1-sanctum exists that this run did not create; delete it or rename the run"
+            );
+        }),
+        event("SecretConflict", "Warning"),
+    ];
+    scenario(run_json(json!(null)), script, key_slot()).await;
+}
+
+/// The run's own Secret, created by an earlier pass that failed before the pod (the status
+/// records it), is kept: the retry goes on to the policy and the pod.
+#[tokio::test]
+async fn own_secret_from_an_interrupted_pass_is_kept() {
+    let recorded = json!({"phase": "Pending", "conditions": [{"type": "SecretCreated", "status": "True",
+        "reason": "Created", "message": "created Secret run-1-sanctum", "lastTransitionTime": "2026-11-22T10:00:01Z"}]});
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        expect(Method::POST, "/api/v1/namespaces/ns/secrets", 409, already_exists(), |_| {}),
+        expect(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/run-1-scanner",
+            200,
+            None,
+            |_| {},
+        ),
+        expect(Method::PATCH, POD, 200, None, |_| {}),
+        status_patch(json!({"phase": "Pending"}), |status| {
+            assert_eq!(condition(status, "Provisioned")["status"], "True");
+        }),
+        event("Created", "Normal"),
+    ];
+    scenario(run_json(recorded), script, key_slot()).await;
 }
 
 #[test]
