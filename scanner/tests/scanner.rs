@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use sanctum_testkit::{Provider, ProviderConfig, Refuse, clients, review};
+use sanctum_testkit::{Provider, ProviderConfig, Refuse, clients, jwt, review};
 use serde_json::{Value, json};
 
 const PLACEHOLDER: &str = clients::PLACEHOLDER_KEY;
@@ -267,15 +267,16 @@ async fn reviews_through_the_real_bridge() {
     }
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let (jwt, trat) = ("svid.jwt.for-test", "trat.jwt.for-test");
+    let sub = "spiffe://sage-sanctum.local/scanner/review-test";
+    let (jwt, trat) = (jwt::expiring_in(sub, 3600), jwt::expiring_in(sub, 3600));
     std::fs::write(dir.path().join("jwt"), format!("{jwt}\n")).unwrap();
-    std::fs::write(dir.path().join("trat.jwt"), trat).unwrap();
+    std::fs::write(dir.path().join("trat.jwt"), &trat).unwrap();
     let provider = Provider::start_unix(
         &dir.path().join("llm.sock"),
         ProviderConfig {
             require: vec![
                 ("authorization".into(), format!("Bearer {jwt}")),
-                ("txn-token".into(), trat.into()),
+                ("txn-token".into(), trat.clone()),
             ],
             forbid_values: vec![PLACEHOLDER.into()],
             ..ProviderConfig::default()
