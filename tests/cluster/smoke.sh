@@ -38,7 +38,7 @@ host_state() {  # what `down` must give back
   { sysctl -n vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward 2>/dev/null
     ip link show sanctum0 2>/dev/null | head -1 | cut -d: -f2
     iptables-save 2>/dev/null | grep -cE 'KUBE-|SANCTUM-'
-    ipset list -n 2>/dev/null | grep -cE 'KUBE-|kube-router'; } | tr '\n' ' '
+    ipset list -n 2>/dev/null | grep -cE 'KUBE-|kube-router'; } | tr '\n' ' ' || true
 }
 HOST_BEFORE="$(host_state)"
 
@@ -80,6 +80,7 @@ wait_phase() {  # pod phase seconds
   echo "pod $1 is '$p', wanted $2"; "$K" -n x describe pod "$1" | tail -n 15; "$K" -n x logs "$1" 2>&1 | tail -5
   return 1
 }
+wait_clients() { wait_phase allowed Running 60 && wait_phase denied Running 60; }
 node_checks() {
   check "node $SANCTUM_NODE_NAME is Ready" bash -c "[[ \$('$K' get node '$SANCTUM_NODE_NAME' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}') == True ]]"
   check "CoreDNS is available (kube-system/coredns, Service kube-dns)" \
@@ -98,6 +99,11 @@ node_checks() {
   check "a Service name resolves from a pod" wait_phase dns Succeeded 60
   probe_pod get '{}' '["get", "http://web.x.svc.cluster.local/"]'
   check "a pod reaches a Service by name" wait_phase get Succeeded 60
+  probe_pod allowed '{"access": "yes"}' '["serve", ":8080"]' Always
+  probe_pod denied '{}' '["serve", ":8080"]' Always
+  check "two client pods are Running" wait_clients
+  check "the unlabelled pod reaches app=web before the policy" \
+    "$K" -n x exec denied -- /probe get http://web.x.svc.cluster.local/ 3
   # Only pods labelled access=yes may reach app=web.
   "$K" apply -f - >/dev/null <<EOF
 apiVersion: networking.k8s.io/v1
@@ -108,11 +114,13 @@ spec:
   policyTypes: [Ingress]
   ingress: [{from: [{podSelector: {matchLabels: {access: "yes"}}}], ports: [{port: 8080}]}]
 EOF
-  sleep 2   # kube-router syncs on the event
-  probe_pod allowed '{"access": "yes"}' '["get", "http://web.x.svc.cluster.local/"]'
-  probe_pod denied '{}' '["get", "http://web.x.svc.cluster.local/", "3"]'
-  check "NetworkPolicy allows a labelled pod" wait_phase allowed Succeeded 60
-  check "NetworkPolicy denies an unlabelled pod" wait_phase denied Failed 60
+  # The clients already run, so only the policy changes; kube-router applies
+  # it within a second or two: wait until the unlabelled pod is denied, then
+  # the labelled one must still get through.
+  check "NetworkPolicy denies an unlabelled pod" bash -c "
+    for i in \$(seq 20); do '$K' -n x exec denied -- /probe get http://web.x.svc.cluster.local/ 1 >/dev/null 2>&1 || exit 0; sleep 0.5; done; exit 1"
+  check "NetworkPolicy allows a labelled pod" \
+    "$K" -n x exec allowed -- /probe get http://web.x.svc.cluster.local/ 3
   probe_pod out '{}' '["get", "http://192.0.2.1/", "2"]'
   check "a pod cannot leave the machine" wait_phase out Failed 60
   check "... dropped by the node's FORWARD rule" \
