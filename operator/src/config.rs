@@ -55,6 +55,14 @@ pub struct Gateway {
     pub port: i32,
     /// Alternatively (gateway outside the cluster): CIDRs the scanner may reach.
     pub cidrs: Vec<String>,
+    /// Further gateway URLs a pod (annotation `sanctum.dev/gateway`) or a ScannerRun
+    /// (`spec.gateway`) may name instead of `url`. Both tokens go to the gateway named, so
+    /// only these (and `url` itself) may be named; each must be `https://` unless
+    /// `allowInsecureHttp` is set.
+    pub allowed_urls: Vec<String>,
+    /// Let `allowedUrls` hold plain `http://` gateways (both tokens then cross the network
+    /// in clear). Off by default.
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,6 +205,8 @@ impl Default for Gateway {
             )]),
             port: 8080,
             cidrs: Vec::new(),
+            allowed_urls: Vec::new(),
+            allow_insecure_http: false,
         }
     }
 }
@@ -269,6 +279,48 @@ impl Default for Webhook {
     }
 }
 
+/// A URL as compared for the gateway allow-list: scheme and host are case-insensitive and a
+/// trailing `/` means nothing.
+fn normalize_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+            let path = if path.is_empty() { String::new() } else { format!("/{path}") };
+            format!("{}://{}{path}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase())
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl Gateway {
+    /// The gateway a pod or run asked for by name (`key`: where it was named, for the
+    /// message). Allowed: `url` itself, or an entry of `allowedUrls` over https (http only
+    /// with `allowInsecureHttp`). Err: a message naming `key`, the URL and the allowed list.
+    pub fn check_override(&self, key: &str, requested: &str) -> Result<String, String> {
+        let wanted = normalize_url(requested);
+        if wanted == normalize_url(&self.url) {
+            return Ok(requested.trim().to_owned());
+        }
+        let allowed: Vec<String> = std::iter::once(self.url.as_str())
+            .chain(self.allowed_urls.iter().map(String::as_str))
+            .map(normalize_url)
+            .collect();
+        if !allowed[1..].contains(&wanted) {
+            return Err(format!(
+                "{key} '{requested}' is not an allowed gateway (both tokens are sent there): name one of {} or add it to gateway.allowedUrls in the operator config",
+                allowed.join(", ")
+            ));
+        }
+        if !wanted.starts_with("https://") && !self.allow_insecure_http {
+            return Err(format!(
+                "{key} '{requested}' is not https: both tokens would cross the network in clear; use an https:// gateway, or set gateway.allowInsecureHttp: true in the operator config"
+            ));
+        }
+        Ok(requested.trim().to_owned())
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read operator config {path}: {source}")]
@@ -311,6 +363,17 @@ impl OperatorConfig {
                 "gateway.url '{}' must be an http:// or https:// URL",
                 self.gateway.url
             ));
+        }
+        for url in &self.gateway.allowed_urls {
+            let https = url.starts_with("https://");
+            if !(https || url.starts_with("http://")) {
+                return Err(format!("gateway.allowedUrls entry '{url}' must be an https:// URL"));
+            }
+            if !https && !self.gateway.allow_insecure_http {
+                return Err(format!(
+                    "gateway.allowedUrls entry '{url}' is plain http: both tokens would cross the network in clear; use https:// or set gateway.allowInsecureHttp: true"
+                ));
+            }
         }
         if self.gateway.pod_labels.is_empty() && self.gateway.cidrs.is_empty() {
             return Err("gateway needs podLabels or cidrs: the scanner's NetworkPolicy allows egress only there".into());
@@ -381,6 +444,42 @@ mod tests {
         let err =
             OperatorConfig::parse("gatway: {}\n", Path::new("c.yaml")).unwrap_err().to_string();
         assert!(err.contains("c.yaml") && err.contains("gatway"), "{err}");
+    }
+
+    /// Issue 12 item 6: a pod or run may name only the configured gateway or an allowed
+    /// https one; the message names where it was named and the allowed list.
+    #[test]
+    fn gateway_overrides_are_allow_listed_and_https() {
+        let c = OperatorConfig::parse(
+            "gateway:\n  url: http://gw.scan-infra:8080\n  allowedUrls: [https://gw-eu.example.com/]\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        let g = &c.gateway;
+        g.check_override("k", "http://gw.scan-infra:8080/").unwrap();
+        g.check_override("k", "HTTPS://GW-EU.example.com").unwrap();
+        let err = g
+            .check_override("annotation sanctum.dev/gateway", "http://evil.example:80")
+            .unwrap_err();
+        assert!(
+            err.starts_with(
+                "annotation sanctum.dev/gateway 'http://evil.example:80' is not an allowed gateway"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("http://gw.scan-infra:8080, https://gw-eu.example.com"), "{err}");
+        assert!(err.contains("gateway.allowedUrls"), "{err}");
+        let mut insecure = g.clone();
+        insecure.allowed_urls.push("http://gw-old.example".into());
+        let err = insecure.check_override("k", "http://gw-old.example").unwrap_err();
+        assert!(err.contains("allowInsecureHttp"), "{err}");
+        insecure.allow_insecure_http = true;
+        insecure.check_override("k", "http://gw-old.example").unwrap();
+        let err =
+            OperatorConfig::parse("gateway:\n  allowedUrls: [http://x]\n", Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("allowInsecureHttp"), "{err}");
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub enum PlanError {
     Timeout(i64),
     #[error("spec.identity.trustDomain '{0}' is not a valid SPIFFE trust domain")]
     TrustDomain(String),
-    #[error("spec.gateway '{0}' must be an http:// or https:// URL")]
+    #[error("{0}")]
     Gateway(String),
     #[error(
         "metadata.{0} is missing: the ScannerRun must come from the API server (or name a namespace for render)"
@@ -177,10 +177,13 @@ impl RunPlan {
                 format!("system:serviceaccount:{namespace}:{}", config.pod.service_account_name)
             }
         };
-        let gateway_url = spec.gateway.clone().unwrap_or_else(|| config.gateway.url.clone());
-        if !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://")) {
-            return Err(PlanError::Gateway(gateway_url));
-        }
+        // Both tokens go to the gateway named here: only the operator's allow-list may be named.
+        let gateway_url = match &spec.gateway {
+            None => config.gateway.url.clone(),
+            Some(url) => {
+                config.gateway.check_override("spec.gateway", url).map_err(PlanError::Gateway)?
+            }
+        };
         Ok(Self {
             pod_name: names::pod(&name),
             secret_name: names::secret(&name),

@@ -20,6 +20,8 @@ fn settings() -> Settings {
 fn sa_config() -> OperatorConfig {
     let mut c = OperatorConfig::default();
     c.identity.source = IdentitySource::ServiceAccountToken;
+    // The ReplicaSet of inject-kinds names this gateway.
+    c.gateway.allowed_urls = vec!["https://gw.example:8443".into()];
     c
 }
 

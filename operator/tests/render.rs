@@ -25,9 +25,14 @@ fn documents(yaml: &str) -> Vec<serde_yaml::Value> {
         .collect()
 }
 
-/// A single-tenant install: every namespace bills `acme` (the examples' org).
+/// A single-tenant install: every namespace bills `acme` (the examples' org), and the
+/// git example's gateway is allowed.
 fn config() -> OperatorConfig {
-    OperatorConfig::parse("tenancy: {defaultOrg: acme}\n", "c.yaml".as_ref()).unwrap()
+    OperatorConfig::parse(
+        "tenancy: {defaultOrg: acme}\ngateway: {allowedUrls: ['https://gateway.example.org:8443']}\n",
+        "c.yaml".as_ref(),
+    )
+    .unwrap()
 }
 
 fn render_example(file: &str) -> Vec<serde_yaml::Value> {

@@ -45,6 +45,7 @@ fn config() -> OperatorConfig {
     let mut c = OperatorConfig::default();
     c.identity.source = IdentitySource::ServiceAccountToken;
     c.pod.seccomp_localhost_profile = None;
+    c.gateway.allowed_urls = vec!["https://gw.example:8443".into()];
     c
 }
 
@@ -330,6 +331,23 @@ async fn injection_matrix() {
     );
     let r = admit(&s, "/mutate", &bad, "team").await;
     assert!(!r.allowed && r.message.contains("sanctum.dev/gateway"), "{}", r.message);
+    // Issue 12 item 6: the annotation sends both tokens where it points, so only the
+    // configured gateway and gateway.allowedUrls may be named, and only over https.
+    for url in ["http://evil.example:8080", "https://evil.example", "http://gw.example:8443"] {
+        let elsewhere = pod(
+            json!({"sanctum.dev/inject": "true", "sanctum.dev/gateway": url}),
+            json!([agent("a")]),
+        );
+        let r = admit(&s, "/mutate", &elsewhere, "team").await;
+        assert!(!r.allowed, "{url} was admitted");
+        assert!(r.message.contains("annotation sanctum.dev/gateway"), "{}", r.message);
+        assert!(
+            r.message.contains("https://gw.example:8443"),
+            "names the allowed list: {}",
+            r.message
+        );
+        assert!(r.message.contains("gateway.allowedUrls"), "{}", r.message);
+    }
 
     // dryRun: the same answer, nothing else happens.
     let (mut sender, _) = connect(s.addr, &s.ca).await;

@@ -114,15 +114,13 @@ pub fn injection_for<'a>(
             Agents::Named(names)
         }
     };
+    // Both tokens go to the gateway named here: only the operator's allow-list may be named.
     let gateway_url = match annotation(pod, ANNOTATION_GATEWAY).map(str::trim) {
         None => config.gateway.url.clone(),
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => url.to_owned(),
-        Some(url) => {
-            return Err(Refusal::Annotation {
-                annotation: ANNOTATION_GATEWAY,
-                message: format!("'{url}' must be an http:// or https:// URL"),
-            });
-        }
+        Some(url) => config
+            .gateway
+            .check_override("the URL", url)
+            .map_err(|message| Refusal::Annotation { annotation: ANNOTATION_GATEWAY, message })?,
     };
     let model = annotation(pod, ANNOTATION_MODEL).map(str::trim).filter(|m| !m.is_empty());
     let trat = match annotation(pod, ANNOTATION_TRAT_SECRET).map(str::trim) {

@@ -414,6 +414,7 @@ async fn pod_security_restricted_admits_the_rendered_pod_and_refuses_an_unharden
     let signer = Signer::ephemeral().unwrap();
     let mut config = sanctum_operator::config::OperatorConfig::default();
     config.tenancy.default_org = Some("acme".into());
+    config.gateway.allowed_urls = vec!["https://gateway.example.org:8443".into()];
     let (out, _) =
         sanctum_operator::render::render(&text, &config, &signer, 1_800_000_000).unwrap();
     let mut pod: Pod = out
