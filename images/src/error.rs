@@ -35,6 +35,16 @@ pub enum Error {
         /// The directories searched.
         searched: Vec<PathBuf>,
     },
+    /// A file an image is built from is not on this machine.
+    #[error("image {image} needs {path}, which does not exist; {hint}")]
+    MissingInput {
+        /// The image's name.
+        image: String,
+        /// The missing file.
+        path: PathBuf,
+        /// The command that makes it.
+        hint: String,
+    },
     /// The image definition is invalid (bad path, conflicting entries, bad argument).
     #[error("invalid image definition: {0}")]
     Invalid(String),

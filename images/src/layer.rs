@@ -197,6 +197,11 @@ impl Tree {
         }
     }
 
+    /// The nodes, by path relative to the image root, sorted.
+    pub fn nodes(&self) -> impl Iterator<Item = (&PathBuf, &Node)> {
+        self.nodes.iter()
+    }
+
     /// The node at absolute image path `path`.
     pub fn get(&self, path: &Path) -> Option<&Node> {
         self.nodes.get(&image_path(path).ok()?)

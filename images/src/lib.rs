@@ -5,8 +5,9 @@
 //! - [`elf`]: the shared libraries and loader an ELF binary needs on this host.
 //! - [`image`]: an image definition (tree, entrypoint, user, env, annotations).
 //! - [`layout`]: the OCI archive `ctr images import` reads.
-//! - [`catalog`]: Sanctum's own images.
+//! - [`catalog`]: Sanctum's own images; [`builder`]: builds them from the release binaries.
 
+pub mod builder;
 pub mod catalog;
 pub mod elf;
 pub mod error;

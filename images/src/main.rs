@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use sanctum_images::builder::{self, Context};
+use sanctum_images::catalog::{self, ImageDef};
 use sanctum_images::image::{Image, parse_file_arg, source_date_epoch};
 use sanctum_images::layer::Tree;
 use sanctum_images::layout::write_archive;
@@ -22,6 +24,31 @@ struct Cli {
 enum Command {
     /// Packs host files into a one-layer image archive.
     Pack(PackArgs),
+    /// Builds Sanctum's images from the release binaries, one `<name>.tar` each.
+    Build(BuildArgs),
+    /// Lists Sanctum's images and the release binaries each needs (`package bin` per line
+    /// with `--binaries`).
+    List {
+        /// Print the `cargo build` targets instead: one `PACKAGE BIN` line per binary.
+        #[arg(long)]
+        binaries: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Where the archives go.
+    #[arg(long, default_value = "target/images")]
+    out: PathBuf,
+    /// The workspace root (where `tests/clients/` is).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Where the release binaries are; default `<root>/target/release`.
+    #[arg(long)]
+    release_dir: Option<PathBuf>,
+    /// The images to build (default: all; an image whose binary is not built is then skipped
+    /// with a message, e.g. the scanner).
+    names: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -103,8 +130,75 @@ fn pack(args: PackArgs) -> Result<()> {
     Ok(())
 }
 
+/// `git` output in `root`, trimmed; `None` when git or the repository is not there.
+fn git(root: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    let defs: Vec<&ImageDef> = if args.names.is_empty() {
+        catalog::IMAGES.iter().collect()
+    } else {
+        args.names
+            .iter()
+            .map(|n| {
+                catalog::find(n).with_context(|| {
+                    let all: Vec<_> = catalog::IMAGES.iter().map(|d| d.name).collect();
+                    format!("no image called {n}; the images are {}", all.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    // Reproducible by default: the commit's time, unless SOURCE_DATE_EPOCH says otherwise.
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(_) => source_date_epoch()?,
+        Err(_) => git(&args.root, &["log", "-1", "--format=%ct"])
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    };
+    let ctx = Context {
+        release_dir: args.release_dir.unwrap_or_else(|| args.root.join("target/release")),
+        root: args.root.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        revision: git(&args.root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into()),
+        epoch,
+    };
+    let explicit = !args.names.is_empty();
+    for def in defs {
+        match builder::build(def, &ctx, &args.out) {
+            Ok(built) => println!(
+                "{:<18} {}  {:>7.1} MiB  {}{}",
+                def.name,
+                built.written.manifest_digest,
+                built.written.archive_size as f64 / (1024.0 * 1024.0),
+                built.path.display(),
+                if built.reused { "  (up to date)" } else { "" }
+            ),
+            Err(e @ sanctum_images::Error::MissingInput { .. }) if def.optional && !explicit => {
+                eprintln!("skipped {}: {e}", def.name);
+            }
+            Err(e) => return Err(e).with_context(|| format!("build the {} image", def.name)),
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Pack(args) => pack(args),
+        Command::Build(args) => build(args),
+        Command::List { binaries } => {
+            for def in catalog::IMAGES {
+                if binaries {
+                    for (package, bin) in def.release_binaries() {
+                        println!("{package} {bin}");
+                    }
+                } else {
+                    println!("{:<18} {}", def.name, def.description);
+                }
+            }
+            Ok(())
+        }
     }
 }
