@@ -1108,7 +1108,7 @@ cmd_up() {
     done
   fi
   check_ports
-  if [[ "$NODE" == 1 ]]; then node_ports; check_node_free; fi
+  if [[ "$NODE" == 1 ]]; then check_node_free; node_ports; fi
   # Leftovers of a cluster that died or was killed: start from scratch.
   if [[ -d "$STATE/node" ]]; then node_teardown "$STATE"; fi
   remove_state
