@@ -60,6 +60,17 @@ struct Scan {
 
 /// Runs `sanctum-scanner run` over `repo` against `base_url` with a clean environment.
 async fn scan(claude: &Path, base_url: &str, repo: &Path, extra: &[(&str, &str)]) -> Scan {
+    scan_with(claude, base_url, repo, extra, None).await
+}
+
+/// [`scan`]; with `stop_when`, sends the scanner SIGTERM once that provider got a request.
+async fn scan_with(
+    claude: &Path,
+    base_url: &str,
+    repo: &Path,
+    extra: &[(&str, &str)],
+    stop_when: Option<&Provider>,
+) -> Scan {
     let work = tempfile::tempdir().unwrap();
     let (home, tmp, out) =
         (work.path().join("home"), work.path().join("tmp"), work.path().join("out"));
@@ -86,7 +97,18 @@ async fn scan(claude: &Path, base_url: &str, repo: &Path, extra: &[(&str, &str)]
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let started = Instant::now();
-    let output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("run sanctum-scanner");
+    if let Some(provider) = stop_when {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while provider.served() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pid = child.id().expect("the scanner runs").to_string();
+        let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
         .expect("sanctum-scanner did not finish in 120 s")
         .expect("run sanctum-scanner");
@@ -414,4 +436,23 @@ async fn a_missing_setting_is_a_configuration_error() {
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
     assert!(summary["error"].as_str().unwrap().contains("SANCTUM_REPO is not set"), "{summary}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("SANCTUM_REPO is not set"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_still_writes_the_summary_and_sarif() {
+    let Some(claude) = claude() else { return };
+    let _one = SERIAL.lock().await;
+    // The answer starts, then stalls for a minute: the scanner is stopped meanwhile, as the
+    // kubelet does at the run's deadline.
+    let provider = Provider::start_tcp(
+        "127.0.0.1:0".parse().unwrap(),
+        ProviderConfig { event_delay: Duration::from_secs(60), ..ProviderConfig::default() },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = copy_of_example(dir.path());
+    let s = scan_with(&claude, &provider.url().unwrap(), &repo, &[], Some(&provider)).await;
+    assert_failed(&s, 8, "interrupted");
+    assert!(s.took < Duration::from_secs(30), "{:?}", s.took);
 }
