@@ -26,12 +26,14 @@ enum Command {
     Pack(PackArgs),
     /// Builds Sanctum's images from the release binaries, one `<name>.tar` each.
     Build(BuildArgs),
-    /// Lists Sanctum's images and the release binaries each needs (`package bin` per line
-    /// with `--binaries`).
+    /// Lists Sanctum's images (`NAME DESCRIPTION` per line).
     List {
-        /// Print the `cargo build` targets instead: one `PACKAGE BIN` line per binary.
+        /// Print the release binaries to build instead: `PACKAGE BIN required|optional` per line.
+        /// An image asked for by name is `required`.
         #[arg(long)]
         binaries: bool,
+        /// Only these images (default: all).
+        names: Vec<String>,
     },
 }
 
@@ -130,6 +132,22 @@ fn pack(args: PackArgs) -> Result<()> {
     Ok(())
 }
 
+/// The images called `names`, or all of them when there are none.
+fn select(names: &[String]) -> Result<Vec<&'static ImageDef>> {
+    if names.is_empty() {
+        return Ok(catalog::IMAGES.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            catalog::find(n).with_context(|| {
+                let all: Vec<_> = catalog::IMAGES.iter().map(|d| d.name).collect();
+                format!("no image called {n}; the images are {}", all.join(", "))
+            })
+        })
+        .collect()
+}
+
 /// `git` output in `root`, trimmed; `None` when git or the repository is not there.
 fn git(root: &std::path::Path, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
@@ -137,19 +155,7 @@ fn git(root: &std::path::Path, args: &[&str]) -> Option<String> {
 }
 
 fn build(args: BuildArgs) -> Result<()> {
-    let defs: Vec<&ImageDef> = if args.names.is_empty() {
-        catalog::IMAGES.iter().collect()
-    } else {
-        args.names
-            .iter()
-            .map(|n| {
-                catalog::find(n).with_context(|| {
-                    let all: Vec<_> = catalog::IMAGES.iter().map(|d| d.name).collect();
-                    format!("no image called {n}; the images are {}", all.join(", "))
-                })
-            })
-            .collect::<Result<_>>()?
-    };
+    let defs = select(&args.names)?;
     // Reproducible by default: the commit's time, unless SOURCE_DATE_EPOCH says otherwise.
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(_) => source_date_epoch()?,
@@ -188,11 +194,13 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Pack(args) => pack(args),
         Command::Build(args) => build(args),
-        Command::List { binaries } => {
-            for def in catalog::IMAGES {
+        Command::List { binaries, names } => {
+            for def in select(&names)? {
                 if binaries {
                     for (package, bin) in def.release_binaries() {
-                        println!("{package} {bin}");
+                        let need =
+                            if def.optional && names.is_empty() { "optional" } else { "required" };
+                        println!("{package} {bin} {need}");
                     }
                 } else {
                     println!("{:<18} {}", def.name, def.description);
