@@ -83,10 +83,13 @@ pub fn read_findings(path: &Path) -> Vec<Finding> {
 
 /// The exit status and error text for how Claude Code's run ended.
 pub fn judge(ending: &Ending, stream: &Stream, stderr_tail: &str) -> (Exit, Option<String>) {
-    let mcp_down = stream.mcp_status.as_deref().filter(|s| *s != "connected");
+    // The tool worked if the model used it, whatever the init event said (a slow server can
+    // be listed as "pending" there and connect a moment later).
+    let tool_worked = stream.mcp_status.as_deref() == Some("connected")
+        || stream.tool_calls.iter().any(|t| t == crate::mcp::TOOL);
     match ending {
-        Ending::Completed => match mcp_down {
-            None if stream.mcp_status.is_some() => (Exit::Ok, None),
+        Ending::Completed => match stream.mcp_status.as_deref() {
+            _ if tool_worked => (Exit::Ok, None),
             status => (
                 Exit::AgentFailed,
                 Some(format!(
@@ -360,5 +363,12 @@ mod tests {
         assert!(err.unwrap().contains("status: failed"));
         let s = Stream { mcp_status: Some("connected".into()), ..Stream::default() };
         assert_eq!(judge(&Ending::Completed, &s, ""), (Exit::Ok, None));
+        let s = Stream {
+            mcp_status: Some("pending".into()),
+            tool_calls: vec![crate::mcp::TOOL.into()],
+            ..Stream::default()
+        };
+        assert_eq!(judge(&Ending::Completed, &s, ""), (Exit::Ok, None));
+        assert_eq!(judge(&Ending::Completed, &Stream::default(), "").0, Exit::AgentFailed);
     }
 }

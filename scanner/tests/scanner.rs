@@ -456,3 +456,16 @@ async fn sigterm_still_writes_the_summary_and_sarif() {
     assert_failed(&s, 8, "interrupted");
     assert!(s.took < Duration::from_secs(30), "{:?}", s.took);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_broken_claude_code_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = copy_of_example(dir.path());
+    // Not there at all: configuration (exit 2), told where to point SANCTUM_CLAUDE.
+    let missing = dir.path().join("no-such-claude");
+    let s = scan(&missing, "http://127.0.0.1:9", &repo, &[]).await;
+    assert_failed(&s, 2, "set SANCTUM_CLAUDE");
+    // There, but it ends without a result event (a crash): agent failure (exit 7).
+    let s = scan(Path::new("/bin/false"), "http://127.0.0.1:9", &repo, &[]).await;
+    assert_failed(&s, 7, "ended without a result");
+}
