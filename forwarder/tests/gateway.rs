@@ -922,3 +922,40 @@ async fn service_account_trat_is_bound_to_its_pod() {
     let audit = audit_lines(&s.path("audit.log"), 3).await;
     assert!(audit.iter().all(|l| l["namespace"] == "team-a"), "{audit:?}");
 }
+
+/// Issue 12 item 16: when the SVID key set also holds the operator's key (one JWKS for
+/// both, or an operator key added by mistake), the signature cannot tell the two tokens
+/// apart; their `typ` does. A TraT where the JWT-SVID goes, or the reverse, is a 401.
+#[tokio::test]
+async fn a_trat_and_an_svid_cannot_swap_places_under_a_shared_key_set() {
+    let s = Setup::new();
+    let p = provider(ProviderConfig::default()).await;
+    // One key set holding both issuers' keys, for both tokens.
+    std::fs::write(s.path("both.json"), jwks(&[&s.svid_key, &s.trat_key])).unwrap();
+    let both = s.path("both.json").display().to_string();
+    let gw = s.gateway(&p.url().unwrap(), &["--svid-jwks", &both, "--trat-jwks", &both]).await;
+    let (svid, trat) = (s.svid("run-1"), s.trat("run-1", "txn-1"));
+    let a = call(&gw, Some(&svid), Some(&trat), messages_body(false, 10, "hi")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+
+    // The TraT key signs SVID-shaped claims: a TraT-typed token in Authorization.
+    let trat_as_svid = s.trat_key.sign(&svid_claims("run-1"));
+    // The SVID key signs TraT claims: a JWT-typed token in Txn-Token.
+    let svid_as_trat = s.svid_key.sign(&trat_claims("run-1", "txn-1"));
+    for (name, svid, trat, fragment) in [
+        (
+            "TraT as the JWT-SVID",
+            &trat_as_svid,
+            &trat,
+            "is a transaction token (typ 'txntoken+jwt'), not a JWT-SVID",
+        ),
+        ("JWT-SVID as the TraT", &svid, &svid_as_trat, "has typ 'JWT', not 'txntoken+jwt'"),
+        ("both swapped", &trat, &svid, "is a transaction token"),
+    ] {
+        let a = call(&gw, Some(svid), Some(trat), messages_body(false, 10, "hi")).await;
+        assert_eq!(a.status, 401, "{name}: {}", a.text());
+        assert!(a.message().contains(fragment), "{name}: {}", a.message());
+        assert_never_retry(&a);
+    }
+    assert_eq!(p.requests().len(), 1, "no swapped token reached the provider");
+}

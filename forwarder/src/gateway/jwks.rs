@@ -43,6 +43,53 @@ pub enum JwksError {
     NoUsableKey(String),
 }
 
+/// Which of the two tokens a JWT is meant to be, by its JOSE `typ` (RFC 8725 §3.11,
+/// explicit typing). When one JWKS holds both issuers' keys (an operator key added to the
+/// SVID key set, say), the signature alone cannot tell a TraT from a JWT-SVID; `typ` can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// A JWT-SVID or ServiceAccount token: `typ` `JWT` or absent.
+    Svid,
+    /// A transaction token: `typ` `txntoken+jwt`.
+    Trat,
+}
+
+/// The TraT's JOSE `typ` (the operator sets it on every TraT).
+pub const TRAT_TYP: &str = "txntoken+jwt";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TypeError {
+    #[error(
+        "is a transaction token (typ '{TRAT_TYP}'), not a JWT-SVID: send the JWT-SVID in Authorization and the TraT in Txn-Token"
+    )]
+    TratAsSvid,
+    #[error("has typ '{0}'; a JWT-SVID has typ 'JWT' or none")]
+    NotSvid(String),
+    #[error(
+        "has typ '{0}', not '{TRAT_TYP}': it is not a transaction token (a JWT-SVID?); send the operator's TraT in Txn-Token"
+    )]
+    NotTrat(String),
+}
+
+impl TokenType {
+    /// Checks the `typ` of `token`'s header (media-type rules: case-insensitive, an
+    /// `application/` prefix allowed). Call it after the signature verified.
+    pub fn check(self, token: &str) -> Result<(), TypeError> {
+        let typ = jsonwebtoken::decode_header(token).ok().and_then(|h| h.typ);
+        let lower = typ.as_deref().map(|t| {
+            let t = t.to_ascii_lowercase();
+            t.strip_prefix("application/").map(str::to_owned).unwrap_or(t)
+        });
+        match (self, lower.as_deref()) {
+            (TokenType::Svid, None | Some("jwt")) => Ok(()),
+            (TokenType::Svid, Some(TRAT_TYP)) => Err(TypeError::TratAsSvid),
+            (TokenType::Svid, Some(_)) => Err(TypeError::NotSvid(typ.unwrap_or_default())),
+            (TokenType::Trat, Some(TRAT_TYP)) => Ok(()),
+            (TokenType::Trat, _) => Err(TypeError::NotTrat(typ.unwrap_or_else(|| "(none)".into()))),
+        }
+    }
+}
+
 /// Why a token's signature could not be trusted. Messages never contain the token.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -399,5 +446,29 @@ mod tests {
         let set = KeySet::parse(&jwks(&[&jwk])).unwrap();
         let t = k.sign(&serde_json::json!({"sub": "x"}));
         assert!(set.verify::<serde_json::Value>(&t).is_ok());
+    }
+
+    /// Issue 12 item 16: each token's `typ` says which it is.
+    #[test]
+    fn token_types() {
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let with = |header: &str| format!("{}.{}.sig", b64(header), b64("{}"));
+        let trat = with(r#"{"alg":"ES256","typ":"txntoken+jwt","kid":"k"}"#);
+        let svid = with(r#"{"alg":"ES256","typ":"JWT","kid":"k"}"#);
+        let sa = with(r#"{"alg":"RS256","kid":"k"}"#);
+        assert_eq!(TokenType::Trat.check(&trat), Ok(()));
+        assert_eq!(
+            TokenType::Trat.check(&with(r#"{"alg":"ES256","typ":"application/TxnToken+JWT"}"#)),
+            Ok(())
+        );
+        assert_eq!(TokenType::Svid.check(&svid), Ok(()));
+        assert_eq!(TokenType::Svid.check(&sa), Ok(()));
+        assert_eq!(TokenType::Svid.check(&trat), Err(TypeError::TratAsSvid));
+        assert_eq!(TokenType::Trat.check(&svid), Err(TypeError::NotTrat("JWT".into())));
+        assert_eq!(TokenType::Trat.check(&sa), Err(TypeError::NotTrat("(none)".into())));
+        assert!(matches!(
+            TokenType::Svid.check(&with(r#"{"alg":"ES256","typ":"at+jwt"}"#)),
+            Err(TypeError::NotSvid(_))
+        ));
     }
 }

@@ -4,7 +4,7 @@
 use http::StatusCode;
 use sanctum_common::error::{ApiError, ErrorKind, Retry};
 
-use super::jwks::VerifyError;
+use super::jwks::{TypeError, VerifyError};
 use super::keys::KeyError;
 use super::svid::SvidError;
 use super::trat::TratError;
@@ -52,6 +52,15 @@ pub fn verify(prefix: &'static str, which: &str, e: &VerifyError) -> Rejection {
         (_, VerifyError::AlgorithmMismatch { .. }) => "trat_algorithm",
         (_, VerifyError::BadSignature) => "trat_signature",
         _ => "trat_malformed",
+    };
+    Rejection::new(reason, ApiError::unauthorized(format!("the {which} {e}")))
+}
+
+/// A token in the wrong header (a TraT as the JWT-SVID, or the reverse): never retried.
+pub fn token_type(which: &str, e: &TypeError) -> Rejection {
+    let reason = match e {
+        TypeError::TratAsSvid | TypeError::NotSvid(_) => "svid_type",
+        TypeError::NotTrat(_) => "trat_type",
     };
     Rejection::new(reason, ApiError::unauthorized(format!("the {which} {e}")))
 }

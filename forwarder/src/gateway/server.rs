@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use super::audit::{AuditLog, AuditRecord};
 use super::budget::Admission;
 use super::dlp::{Scanner, Verdict};
-use super::jwks::VerifyError;
+use super::jwks::{TokenType, VerifyError};
 use super::keys::ProviderKeys;
 use super::metrics::Metrics;
 use super::ratelimit::{RateDecision, RateLimit};
@@ -173,6 +173,10 @@ impl Gateway {
                 "JWT-SVID (Authorization)",
             )
             .await?;
+        // After the signature, so a token from an unknown issuer still says so.
+        TokenType::Svid
+            .check(token)
+            .map_err(|e| reject::token_type("JWT-SVID (Authorization)", &e))?;
         let id = self.settings.svid.check(claims, now).map_err(|e| reject::svid(&e))?;
         self.svid_cache.insert(key, id.clone(), id.exp, generation, now);
         Ok(id)
@@ -194,6 +198,7 @@ impl Gateway {
                     "TraT (Txn-Token)",
                 )
                 .await?;
+            TokenType::Trat.check(token).map_err(|e| reject::token_type("TraT (Txn-Token)", &e))?;
             let claims: TratClaims = serde_json::from_value(value)
                 .map_err(|e| reject::trat(&TratError::Shape(e.to_string())))?;
             let claims = Arc::new(claims);

@@ -43,6 +43,8 @@ pub fn skip_or_fail(what: &str) {
 /// A P-256 signing key with its JWK.
 pub struct EcKey {
     pub kid: String,
+    /// JOSE `typ` of everything this key signs (`JWT` unless set).
+    pub typ: Option<String>,
     encoding: EncodingKey,
     pub jwk: Value,
 }
@@ -55,7 +57,12 @@ impl EcKey {
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
             "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())});
-        Self { kid: kid.into(), encoding: EncodingKey::from_ec_der(der.as_bytes()), jwk }
+        Self { kid: kid.into(), typ: None, encoding: EncodingKey::from_ec_der(der.as_bytes()), jwk }
+    }
+
+    /// A key that signs transaction tokens (`typ: txntoken+jwt`), as the operator's does.
+    pub fn trat_issuer(kid: &str) -> Self {
+        Self { typ: Some("txntoken+jwt".into()), ..Self::new(kid) }
     }
 
     pub fn sign(&self, claims: &Value) -> String {
@@ -65,6 +72,9 @@ impl EcKey {
     pub fn sign_as(&self, kid: &str, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(kid.into());
+        if let Some(typ) = &self.typ {
+            header.typ = Some(typ.clone());
+        }
         jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
     }
 }
@@ -118,7 +128,7 @@ impl Setup {
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let svid_key = EcKey::new("spire-1");
-        let trat_key = EcKey::new("operator-1");
+        let trat_key = EcKey::trat_issuer("operator-1");
         std::fs::write(tmp.path().join("svid-jwks.json"), jwks(&[&svid_key])).unwrap();
         std::fs::write(tmp.path().join("trat-jwks.json"), jwks(&[&trat_key])).unwrap();
         std::fs::create_dir(tmp.path().join("keys")).unwrap();
