@@ -81,8 +81,9 @@ pub fn read_findings(path: &Path) -> Vec<Finding> {
     out
 }
 
-/// The exit status and error text for how Claude Code's run ended.
-pub fn judge(ending: &Ending, stream: &Stream, stderr_tail: &str) -> (Exit, Option<String>) {
+/// The exit status and error text for how Claude Code's run ended; `detail` (its exit status
+/// and the tail of its standard error) explains a run that printed no result.
+pub fn judge(ending: &Ending, stream: &Stream, detail: &str) -> (Exit, Option<String>) {
     // The tool worked if the model used it, whatever the init event said (a slow server can
     // be listed as "pending" there and connect a moment later).
     let tool_worked = stream.mcp_status.as_deref() == Some("connected")
@@ -123,7 +124,7 @@ pub fn judge(ending: &Ending, stream: &Stream, stderr_tail: &str) -> (Exit, Opti
         Ending::Failed(m) => (Exit::AgentFailed, Some(format!("Claude Code failed: {m}"))),
         Ending::NoResult => (
             Exit::AgentFailed,
-            Some(format!("Claude Code ended without a result: {}", stderr_tail.trim())),
+            Some(format!("Claude Code ended without a result ({})", detail.trim())),
         ),
     }
 }
@@ -240,18 +241,25 @@ async fn review(config: &RunConfig) -> (Exit, Option<String>, Stream, Vec<Findin
 }
 
 /// Follows Claude Code's output until it exits, or until a stop signal (then kills it).
-/// Returns the stream, the last 2 KiB of its standard error, and whether it was interrupted.
+/// Returns the stream, its exit status with the last 2 KiB of its standard error, and
+/// whether it was interrupted.
 async fn follow(child: &mut tokio::process::Child) -> (Stream, String, bool) {
     let mut stream = Stream::default();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    // Keep only the tail: a chatty or looping CLI must not grow the scanner's memory.
     let stderr_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
+        let mut tail: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 8192];
         if let Some(mut e) = stderr {
-            let _ = e.read_to_end(&mut buf).await;
+            while let Ok(n @ 1..) = e.read(&mut chunk).await {
+                tail.extend_from_slice(&chunk[..n]);
+                if tail.len() > 2048 {
+                    tail.drain(..tail.len() - 2048);
+                }
+            }
         }
-        let tail = &buf[buf.len().saturating_sub(2048)..];
-        String::from_utf8_lossy(tail).into_owned()
+        String::from_utf8_lossy(&tail).into_owned()
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut interrupted = false;
@@ -282,9 +290,11 @@ async fn follow(child: &mut tokio::process::Child) -> (Stream, String, bool) {
     if interrupted {
         let _ = child.start_kill();
     }
-    let _ = child.wait().await;
+    let status = child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
     let tail = stderr_task.await.unwrap_or_default();
-    (stream, tail, interrupted)
+    let tail = tail.trim();
+    let detail = if tail.is_empty() { status } else { format!("{status}: {tail}") };
+    (stream, detail, interrupted)
 }
 
 /// Writes the SARIF and the summary; a failure to write the SARIF becomes the error.

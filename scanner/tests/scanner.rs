@@ -467,5 +467,5 @@ async fn a_missing_or_broken_claude_code_is_reported() {
     assert_failed(&s, 2, "set SANCTUM_CLAUDE");
     // There, but it ends without a result event (a crash): agent failure (exit 7).
     let s = scan(Path::new("/bin/false"), "http://127.0.0.1:9", &repo, &[]).await;
-    assert_failed(&s, 7, "ended without a result");
+    assert_failed(&s, 7, "ended without a result (exit status: 1)");
 }
