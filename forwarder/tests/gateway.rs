@@ -623,39 +623,7 @@ async fn serves_tls_and_reloads_the_certificate() {
     }
     let s = Setup::new();
     let p = provider(ProviderConfig::default()).await;
-    let mint = |name: &str| {
-        let (cert, key) = (s.path(&format!("{name}.crt")), s.path(&format!("{name}.key")));
-        let ok = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                "-addext",
-                "basicConstraints=critical,CA:FALSE",
-                "-addext",
-                "extendedKeyUsage=serverAuth",
-                "-keyout",
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok);
-        (cert, key)
-    };
+    let mint = |name: &str| mint_cert(&s, name);
     let (cert1, key1) = mint("one");
     std::fs::copy(&cert1, s.path("tls.crt")).unwrap();
     std::fs::copy(&key1, s.path("tls.key")).unwrap();
@@ -704,6 +672,41 @@ async fn serves_tls_and_reloads_the_certificate() {
     }
     assert!(reloaded, "the new certificate is served after the files change");
     assert!(tls_call(cert1).await.is_err(), "the old certificate is gone");
+}
+
+/// A self-signed serving certificate for 127.0.0.1 and localhost, from openssl.
+fn mint_cert(s: &Setup, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (s.path(&format!("{name}.crt")), s.path(&format!("{name}.key")));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok);
+    (cert, key)
 }
 
 /// Serves documents by path (an OIDC issuer, an operator admin port).
@@ -781,6 +784,100 @@ async fn jwks_from_an_oidc_issuer_and_the_operator_url() {
     let a = call(
         &gw,
         Some(&rotated.sign(&svid_claims("run-u"))),
+        Some(&trat),
+        messages_body(false, 5, "x"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+}
+
+/// The Kubernetes service-account issuer's JWKS: https, and only with a bearer token.
+async fn authenticated_tls_jwks_server(
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    jwks: Arc<std::sync::Mutex<String>>,
+    token: Arc<std::sync::Mutex<String>>,
+) -> String {
+    let reloading = Arc::new(sanctum_common::tls::ReloadingCert::new(cert, key).unwrap());
+    let acceptor = sanctum_common::tls::acceptor(reloading).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (jwks, token, acceptor) = (jwks.clone(), token.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let want = format!("Bearer {}", token.lock().unwrap());
+                        let authorized = req
+                            .headers()
+                            .get("authorization")
+                            .is_some_and(|v| v.as_bytes() == want.as_bytes());
+                        let (status, body) = if !authorized {
+                            (401, String::new())
+                        } else if req.uri().path() == "/openid/v1/jwks" {
+                            (200, jwks.lock().unwrap().clone())
+                        } else {
+                            (404, String::new())
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("https://{addr}")
+}
+
+#[tokio::test]
+async fn svid_jwks_with_a_rotating_bearer_token() {
+    if std::process::Command::new("openssl").arg("version").output().is_err() {
+        skip_or_fail("openssl is not installed (Debian: apt-get install openssl)");
+        return;
+    }
+    let s = Setup::new();
+    let p = provider(ProviderConfig::default()).await;
+    let (cert, key) = mint_cert(&s, "issuer");
+    let keys = Arc::new(std::sync::Mutex::new(jwks(&[&s.svid_key])));
+    let token = Arc::new(std::sync::Mutex::new("sa-token-1".to_string()));
+    let base = authenticated_tls_jwks_server(cert.clone(), key, keys.clone(), token.clone()).await;
+    let token_file = s.path("sa-token");
+    std::fs::write(&token_file, "sa-token-1\n").unwrap();
+    let gw = s
+        .gateway(
+            &p.url().unwrap(),
+            &[
+                "--svid-jwks",
+                &format!("{base}/openid/v1/jwks"),
+                "--svid-jwks-token-file",
+                token_file.to_str().unwrap(),
+                "--ca-file",
+                cert.to_str().unwrap(),
+            ],
+        )
+        .await;
+    let (svid, trat) = (s.svid("run-k"), s.trat("run-k", "txn-k"));
+    let a = call(&gw, Some(&svid), Some(&trat), messages_body(false, 5, "x")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    // The kubelet rotates the gateway's token and the issuer rotates its key: the next
+    // fetch reads the new token from the file.
+    *token.lock().unwrap() = "sa-token-2".to_string();
+    std::fs::write(&token_file, "sa-token-2\n").unwrap();
+    let rotated = EcKey::new("k8s-2");
+    *keys.lock().unwrap() = jwks(&[&s.svid_key, &rotated]);
+    let a = call(
+        &gw,
+        Some(&rotated.sign(&svid_claims("run-k"))),
         Some(&trat),
         messages_body(false, 5, "x"),
     )

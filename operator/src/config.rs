@@ -63,6 +63,10 @@ pub struct Gateway {
     /// Let `allowedUrls` hold plain `http://` gateways (both tokens then cross the network
     /// in clear). Off by default.
     pub allow_insecure_http: bool,
+    /// PEM CA certificates the forwarders verify an https gateway with, besides the system
+    /// roots (the chart puts its generated CA here). It reaches each forwarder in its
+    /// environment (`SANCTUM_CA_PEM`): a public certificate, so no volume is needed.
+    pub ca_bundle: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +120,10 @@ pub struct PodSettings {
     pub tmp_size: String,
     /// Priority class of scanner pods.
     pub priority_class_name: Option<String>,
+    /// Node labels a scanner pod must run on (e.g. a dedicated node pool).
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of scanner pods (e.g. for the taint of that node pool).
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
     /// ServiceAccount of scanner pods (its API token is never mounted).
     pub service_account_name: String,
     /// CIDRs a `git` source may be cloned from (TCP 443). Empty by default: the design allows
@@ -207,6 +215,7 @@ impl Default for Gateway {
             cidrs: Vec::new(),
             allowed_urls: Vec::new(),
             allow_insecure_http: false,
+            ca_bundle: None,
         }
     }
 }
@@ -260,6 +269,8 @@ impl Default for PodSettings {
             token_volume_size: "1Mi".into(),
             tmp_size: "1Gi".into(),
             priority_class_name: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
             service_account_name: "default".into(),
             git_egress_cidrs: Vec::new(),
         }

@@ -442,6 +442,7 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<(), Injec
             format!("--upstream={}", injection.gateway_url),
             format!("--admin-listen=0.0.0.0:{}", defaults::FORWARDER_ADMIN_PORT),
         ]),
+        env: config.gateway.ca_bundle.as_ref().map(|pem| vec![env("SANCTUM_CA_PEM", pem.clone())]),
         restart_policy: Some("Always".into()),
         ports: Some(vec![ContainerPort {
             name: Some("fwd-admin".into()),

@@ -15,6 +15,7 @@ pub mod pod;
 pub mod reconcile;
 pub mod render;
 pub mod revoked;
+pub mod seccomp;
 pub mod status;
 pub mod tenancy;
 pub mod token_service;

@@ -222,6 +222,9 @@ pub fn build_pod(
         service_account_name: Some(config.pod.service_account_name.clone()),
         enable_service_links: Some(false),
         priority_class_name: config.pod.priority_class_name.clone(),
+        node_selector: (!config.pod.node_selector.is_empty())
+            .then(|| config.pod.node_selector.clone()),
+        tolerations: (!config.pod.tolerations.is_empty()).then(|| config.pod.tolerations.clone()),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(config.pod.run_as_user),

@@ -65,6 +65,11 @@ pub struct Options {
     /// issuer's discovery document: SPIRE OIDC provider, Kubernetes service-account issuer).
     #[arg(long, env = "SANCTUM_SVID_JWKS")]
     pub svid_jwks: String,
+    /// Bearer token sent (over https only) when fetching --svid-jwks, re-read at each fetch:
+    /// the Kubernetes service-account issuer's JWKS needs one, e.g.
+    /// /var/run/secrets/kubernetes.io/serviceaccount/token.
+    #[arg(long, env = "SANCTUM_SVID_JWKS_TOKEN_FILE")]
+    pub svid_jwks_token_file: Option<PathBuf>,
     /// JWKS that verifies TraTs (the operator's, e.g. http://OPERATOR:8080/.well-known/jwks.json).
     #[arg(long, env = "SANCTUM_TRAT_JWKS")]
     pub trat_jwks: String,
@@ -239,7 +244,10 @@ async fn main(args: Options) -> anyhow::Result<()> {
     }
     let client = UpstreamClient::new(upstream, &limits, proxy_metrics.clone())?;
     let fetcher = Arc::new(Fetcher::new(args.ca_file.clone()));
-    let svid_jwks = Arc::new(JwksSource::new("svid", Origin::parse(&args.svid_jwks)));
+    let svid_jwks = Arc::new(
+        JwksSource::new("svid", Origin::parse(&args.svid_jwks))
+            .with_token_file(args.svid_jwks_token_file.clone()),
+    );
     let trat_jwks = Arc::new(JwksSource::new("trat", Origin::parse(&args.trat_jwks)));
     let revocations = Arc::new(Revocations::new(
         args.revoked_url.clone(),
