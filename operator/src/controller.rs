@@ -25,8 +25,10 @@ use crate::config::OperatorConfig;
 use crate::crd::ScannerRun;
 use crate::metrics::Metrics;
 use crate::names::{LABEL_MANAGED_BY, MANAGER};
-use crate::reconcile::{Context, SignerSlot, error_policy, now_secs, reconcile};
-use crate::revoked::Revoked;
+use crate::reconcile::{
+    Context, SignerSlot, error_policy, now_secs, reconcile, revoke, save_revoked,
+};
+use crate::revoked::{self, Revoked};
 use crate::token_service::TokenService;
 use crate::tokens::Signer;
 use crate::webhook::server::{self, WebhookState};
@@ -95,6 +97,12 @@ impl AdminState for Admin {
         if !self.watching.load(Ordering::Relaxed) {
             return Err("the controller has not started watching ScannerRuns yet".into());
         }
+        if !self.ctx.revoked.is_restored() {
+            return Err(format!(
+                "the revoked list is not restored yet (ConfigMap {} and the ScannerRuns)",
+                revoked::CONFIGMAP
+            ));
+        }
         if self.ctx.signer.loaded().is_none() {
             return Err("the TraT signing key is not loaded; check trat.signingKeyFile".into());
         }
@@ -117,6 +125,15 @@ impl AdminState for Admin {
                     .loaded()
                     .map_or_else(|| serde_json::json!({"keys": []}), |s| s.jwks());
                 Some(admin::json_response(jwks.to_string()))
+            }
+            // Until the saved list is back, an empty list would un-revoke tokens: 503 makes
+            // gateways keep the list they have.
+            defaults::REVOKED_PATH if !self.ctx.revoked.is_restored() => {
+                let mut r = admin::json_response(
+                    r#"{"error":"the operator is restoring its revoked list; retry shortly"}"#,
+                );
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                Some(r)
             }
             defaults::REVOKED_PATH => {
                 Some(admin::json_response(self.ctx.revoked.to_json(now_secs())))
@@ -155,6 +172,58 @@ impl Iterator for WatchBackoff {
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// Brings the revoked list back after a start: the saved ConfigMap, then every ended or
+/// deleting ScannerRun. Retried until it succeeds; the operator is not ready before.
+async fn restore_revoked(ctx: &Context) {
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        match restore_once(ctx).await {
+            Ok(n) => {
+                ctx.revoked.mark_restored();
+                tracing::info!(entries = n, "revoked list restored");
+                return;
+            }
+            Err(error) => tracing::error!(
+                %error,
+                "cannot restore the revoked list; the operator needs get/patch on ConfigMap {} in its namespace and list on ScannerRuns",
+                revoked::CONFIGMAP
+            ),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+async fn restore_once(ctx: &Context) -> Result<usize> {
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    if let Some(cm) = cms.get_opt(revoked::CONFIGMAP).await? {
+        let saved = cm.data.unwrap_or_default().remove(revoked::CONFIGMAP_KEY).unwrap_or_default();
+        if !saved.is_empty() {
+            ctx.revoked.restore(&saved).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let runs: Api<ScannerRun> = Api::all(ctx.client.clone());
+    for run in runs.list(&ListParams::default()).await? {
+        if run.metadata.deletion_timestamp.is_some()
+            || run.phase().is_some_and(crate::crd::Phase::is_terminal)
+        {
+            revoke(&run, ctx);
+        }
+    }
+    Ok(ctx.revoked.len())
+}
+
+/// Saves the revoked list whenever entries were added (checked every second).
+async fn save_revoked_loop(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if let Err(error) = save_revoked(&ctx).await {
+            tracing::error!(%error, configmap = revoked::CONFIGMAP, "cannot save the revoked list; retrying");
+        }
     }
 }
 
@@ -242,6 +311,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }))
     });
     tracing::info!(admin = %args.admin_listen, "sanctum-operator started");
+    restore_revoked(&ctx).await;
+    let saver = tokio::spawn(save_revoked_loop(ctx.clone()));
 
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
     let controller = Controller::new(runs, watcher::Config::default().any_semantic())
@@ -263,6 +334,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         })
         .await;
     tracing::info!("controller stopped; shutting down");
+    saver.abort();
+    if let Err(error) = save_revoked(&admin_state.ctx).await {
+        tracing::error!(%error, "cannot save the revoked list at shutdown");
+    }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     if let Some(task) = webhook_task {

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -40,7 +40,7 @@ use crate::metrics::Metrics;
 use crate::names::MANAGER;
 use crate::objects::{BuildError, build};
 use crate::plan::RunPlan;
-use crate::revoked::Revoked;
+use crate::revoked::{self, Revoked};
 use crate::status::{
     self, FINISHED, Observation, PROVISIONED, RESULT_RECORDED, SECRET_CREATED, STARTED,
     set_condition,
@@ -288,8 +288,42 @@ async fn write_status(
     Ok(())
 }
 
+/// Writes the revoked list to its ConfigMap (server-side apply), if anything was added.
+pub async fn save_revoked(ctx: &Context) -> Result<(), Error> {
+    if !ctx.revoked.take_dirty() {
+        return Ok(());
+    }
+    let namespace = &ctx.config.namespace;
+    let cm = ctx.revoked.to_configmap(namespace, now_secs());
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let apply = PatchParams::apply(MANAGER).force();
+    if let Err(e) = cms.patch(revoked::CONFIGMAP, &apply, &Patch::Apply(&cm)).await {
+        ctx.revoked.set_dirty();
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+fn has_finalizer(run: &ScannerRun) -> bool {
+    run.finalizers().iter().any(|f| f == revoked::FINALIZER)
+}
+
+/// Sets the run's finalizers to `finalizers`, only if the run is still the version read
+/// (`resourceVersion`), so another controller's finalizer is never lost.
+async fn set_finalizers(
+    runs: &Api<ScannerRun>,
+    run: &ScannerRun,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": run.resource_version()}});
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    runs.patch(&run.name_any(), &params, &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
 /// Revokes the run's `txn` (its UID) until its TraT would have expired anyway.
-fn revoke(run: &ScannerRun, ctx: &Context) {
+pub(crate) fn revoke(run: &ScannerRun, ctx: &Context) {
     let Some(uid) = run.metadata.uid.as_deref() else { return };
     let created = run
         .metadata
@@ -322,16 +356,28 @@ fn key(run: &ScannerRun) -> String {
 async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Error> {
     let name = run.metadata.name.clone().ok_or(Error::Metadata("name"))?;
     let namespace = run.metadata.namespace.clone().ok_or(Error::Metadata("namespace"))?;
+    let runs: Api<ScannerRun> = Api::namespaced(ctx.client.clone(), &namespace);
     if run.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the pod, Secret and policy.
         revoke(run, ctx);
+        if has_finalizer(run) {
+            // Saved before the finalizer goes: once the run is gone, nothing would bring its
+            // txn back to the list after a restart.
+            save_revoked(ctx).await?;
+            let rest = run.finalizers().iter().filter(|f| *f != revoked::FINALIZER).cloned();
+            set_finalizers(&runs, run, rest.collect()).await?;
+        }
         return Ok(Action::await_change());
     }
     if run.phase().is_some_and(Phase::is_terminal) {
         revoke(run, ctx);
         return Ok(Action::await_change());
     }
-    let runs: Api<ScannerRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    if !has_finalizer(run) {
+        let mut all = run.finalizers().to_vec();
+        all.push(revoked::FINALIZER.into());
+        set_finalizers(&runs, run, all).await?;
+    }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
 
     let plan = match RunPlan::new(run, &ctx.config) {

@@ -57,7 +57,8 @@ fn not_found() -> Option<Value> {
 fn run_json(status: Value) -> Value {
     json!({
         "apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun",
-        "metadata": {"name": "run-1", "namespace": "ns", "uid": UID, "generation": 1, "creationTimestamp": "2026-11-22T10:00:00Z"},
+        "metadata": {"name": "run-1", "namespace": "ns", "uid": UID, "generation": 1, "resourceVersion": "41",
+            "creationTimestamp": "2026-11-22T10:00:00Z", "finalizers": ["sanctum.dev/revoke"]},
         "spec": {"image": "ghcr.io/example/scanner:1", "orgId": "acme", "source": {"volume": {"claimName": "repo"}}},
         "status": status,
     })
@@ -551,6 +552,64 @@ async fn own_secret_from_an_interrupted_pass_is_kept() {
         event("Created", "Normal"),
     ];
     scenario(run_json(recorded), script, key_slot()).await;
+}
+
+const RUN: &str = "/apis/sanctum.dev/v1alpha1/namespaces/ns/scannerruns/run-1";
+
+/// Issue 12 item 12: an unfinished run first gets the finalizer that lets its deletion wait
+/// until its txn is saved, guarded by its resourceVersion.
+#[tokio::test]
+async fn unfinished_run_gets_the_revoke_finalizer_first() {
+    let mut run = run_json(json!({"phase": "Running", "podName": "run-1-scanner"}));
+    run["metadata"]["finalizers"] = json!(["other.example/keep"]);
+    let pod = pod_json(json!({"phase": "Running", "startTime": "2026-11-22T10:01:00Z",
+        "containerStatuses": [{"name": "scanner", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {"startedAt": "2026-11-22T10:01:05Z"}}}]}));
+    let script = vec![
+        expect(Method::PATCH, RUN, 200, Some(run_json(json!(null))), |body| {
+            assert_eq!(
+                body["metadata"]["finalizers"],
+                json!(["other.example/keep", "sanctum.dev/revoke"])
+            );
+            assert_eq!(body["metadata"]["resourceVersion"], "41");
+        }),
+        expect(Method::GET, POD, 200, Some(pod), |_| {}),
+        status_patch(json!({"phase": "Running"}), |_| {}),
+    ];
+    scenario(run, script, key_slot()).await;
+}
+
+/// Issue 12 item 12: a run deleted while it runs has its txn written to the revoked
+/// ConfigMap before its finalizer is removed, so a restart cannot forget it.
+#[tokio::test]
+async fn deleted_run_is_saved_as_revoked_before_its_finalizer_goes() {
+    let mut run = run_json(json!({"phase": "Running", "podName": "run-1-scanner"}));
+    run["metadata"]["deletionTimestamp"] = json!("2026-11-22T10:03:00Z");
+    run["metadata"]["finalizers"] = json!(["sanctum.dev/revoke", "other.example/keep"]);
+    // Created just now, so its entry has not expired by the time the list is written.
+    let created = k8s_openapi::jiff::Timestamp::now();
+    run["metadata"]["creationTimestamp"] = json!(created.to_string());
+    let created = u64::try_from(created.as_second()).unwrap();
+    let script = vec![
+        expect(
+            Method::PATCH,
+            "/api/v1/namespaces/sanctum-system/configmaps/sanctum-revoked",
+            200,
+            None,
+            move |body| {
+                let list: Value =
+                    serde_json::from_str(body["data"]["revoked.json"].as_str().unwrap()).unwrap();
+                assert_eq!(list["revoked"][0]["txn"], UID);
+                // Kept until the token would have expired: creation + timeout + margin + slack.
+                assert!(list["revoked"][0]["exp"].as_u64().unwrap() >= created + 3600 + 600);
+            },
+        ),
+        expect(Method::PATCH, RUN, 200, Some(run_json(json!(null))), |body| {
+            assert_eq!(body["metadata"]["finalizers"], json!(["other.example/keep"]));
+            assert_eq!(body["metadata"]["resourceVersion"], "41");
+        }),
+    ];
+    let ctx = scenario(run, script, key_slot()).await;
+    assert!(!ctx.revoked.is_dirty(), "saved");
 }
 
 #[test]
