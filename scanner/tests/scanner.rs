@@ -56,12 +56,17 @@ struct Scan {
     sarif: Value,
     stderr: String,
     took: Duration,
+    /// The uid that owns the SARIF file: who the scanner ran as.
+    sarif_owner: u32,
 }
 
 /// Runs `sanctum-scanner run` over `repo` against `base_url` with a clean environment.
 async fn scan(claude: &Path, base_url: &str, repo: &Path, extra: &[(&str, &str)]) -> Scan {
-    scan_with(claude, base_url, repo, extra, None).await
+    scan_with(claude, base_url, repo, extra, None, None).await
 }
+
+/// The uid and gid scanner pods run as (distroless `nonroot`).
+const POD_USER: u32 = 65532;
 
 /// [`scan`]; with `stop_when`, sends the scanner SIGTERM once that provider got a request.
 async fn scan_with(
@@ -70,6 +75,7 @@ async fn scan_with(
     repo: &Path,
     extra: &[(&str, &str)],
     stop_when: Option<&Provider>,
+    as_user: Option<u32>,
 ) -> Scan {
     let work = tempfile::tempdir().unwrap();
     let (home, tmp, out) =
@@ -78,7 +84,21 @@ async fn scan_with(
         std::fs::create_dir_all(d).unwrap();
     }
     let log = work.path().join("termination-log");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sanctum-scanner"));
+    let scanner = env!("CARGO_BIN_EXE_sanctum-scanner");
+    let mut cmd = match as_user {
+        None => tokio::process::Command::new(scanner),
+        Some(uid) => {
+            // Everything the scanner writes belongs to that user, as the pod's emptyDirs do.
+            for d in [work.path(), &home, &tmp] {
+                std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+            }
+            let mut c = tokio::process::Command::new("setpriv");
+            c.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
+                .arg("--")
+                .arg(scanner);
+            c
+        }
+    };
     cmd.arg("run")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -129,7 +149,8 @@ async fn scan_with(
     .unwrap();
     assert_valid_sarif(&sarif);
     assert_counts_match(&summary, &sarif);
-    Scan { code: output.status.code().unwrap_or(-1), summary, sarif, stderr, took }
+    let sarif_owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&sarif_path).unwrap());
+    Scan { code: output.status.code().unwrap_or(-1), summary, sarif, stderr, took, sarif_owner }
 }
 
 fn assert_valid_sarif(sarif: &Value) {
@@ -263,6 +284,30 @@ async fn reviews_the_example_app_with_the_real_claude_code() {
     let s = scan(&claude, &provider.url().unwrap(), &repo, &[]).await;
     assert_review(&s, &repo, &provider);
     eprintln!("a full review against the stand-in took {:?}", s.took);
+}
+
+/// The same review as the pod's user (65532), not root: the permission mode and every path
+/// the scanner and Claude Code write must work without privileges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_as_the_pod_user() {
+    let Some(claude) = claude() else { return };
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("not root: every other test already runs unprivileged");
+        return;
+    }
+    let _one = SERIAL.lock().await;
+    let provider = Provider::start_tcp("127.0.0.1:0".parse().unwrap(), ProviderConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let repo = copy_of_example(dir.path());
+    let s = scan_with(&claude, &provider.url().unwrap(), &repo, &[], None, Some(POD_USER)).await;
+    assert_review(&s, &repo, &provider);
+    assert_eq!(s.sarif_owner, POD_USER, "the scanner ran as the pod user");
 }
 
 struct Kill(Child);
@@ -452,7 +497,7 @@ async fn sigterm_still_writes_the_summary_and_sarif() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = copy_of_example(dir.path());
-    let s = scan_with(&claude, &provider.url().unwrap(), &repo, &[], Some(&provider)).await;
+    let s = scan_with(&claude, &provider.url().unwrap(), &repo, &[], Some(&provider), None).await;
     assert_failed(&s, 8, "interrupted");
     assert!(s.took < Duration::from_secs(30), "{:?}", s.took);
 }
