@@ -122,7 +122,10 @@ impl Install {
             })
             .await;
             if waited.is_err() {
-                panic!("timed out waiting for {what}:\n{}", self.describe(cluster, &ns2, &name2).await);
+                panic!(
+                    "timed out waiting for {what}:\n{}",
+                    self.describe(cluster, &ns2, &name2).await
+                );
             }
         }
         let profile = self.seccomp_dir().join("sanctum/scanner.json");
@@ -144,9 +147,11 @@ impl Install {
         let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
         let mut out = String::new();
         let Ok(list) = pods.list(&ListParams::default()).await else { return out };
-        for pod in list.items.iter().filter(|p| {
-            p.metadata.name.as_deref().is_some_and(|n| n.starts_with(name))
-        }) {
+        for pod in list
+            .items
+            .iter()
+            .filter(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with(name)))
+        {
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             out.push_str(&format!(
                 "pod {pod_name}: {}\n",

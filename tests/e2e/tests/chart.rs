@@ -76,7 +76,10 @@ fn wrong_values_are_refused_with_the_field_named() {
     ];
     for (set, field) in cases {
         let mut template = helm().unwrap();
-        template.args(["template", "s"]).arg(workspace().join("charts/sanctum")).args(["--set", set]);
+        template
+            .args(["template", "s"])
+            .arg(workspace().join("charts/sanctum"))
+            .args(["--set", set]);
         let out = template.output().unwrap();
         assert!(!out.status.success(), "--set {set} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);

@@ -75,7 +75,10 @@ impl Drop for PvGuard {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             rt.block_on(async {
-                Api::<PersistentVolume>::all(client).delete(&name, &DeleteParams::default()).await.ok()
+                Api::<PersistentVolume>::all(client)
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .ok()
             })
         })
         .join();
@@ -113,7 +116,7 @@ async fn wait_finished(
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let run = runs.get(name).await.unwrap();
-        let phase = run.status.as_ref().and_then(|s| s.phase.clone());
+        let phase = run.status.as_ref().and_then(|s| s.phase);
         if matches!(phase, Some(Phase::Succeeded | Phase::Failed)) {
             return run;
         }
@@ -144,7 +147,8 @@ async fn sanctum_runs_for_real() {
 /// startup probe, Claude Code's call through the chain, the summary in `status.result`, the
 /// sidecars gone within seconds of the agent, the Localhost seccomp profile.
 async fn scanner_run_succeeds_through_the_whole_chain(cluster: &Cluster, install: &Install) {
-    let ns = cluster.namespace("run", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    let ns =
+        cluster.namespace("run", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
     let _pv = repo_claim(cluster, &ns.name, &install.dir.path().join("repo-ok")).await;
     let runs: Api<ScannerRun> = Api::namespaced(cluster.client.clone(), &ns.name);
     runs.create(&PostParams::default(), &scanner_run("hello", &ns.name, json!({}))).await.unwrap();
@@ -163,7 +167,8 @@ async fn scanner_run_succeeds_through_the_whole_chain(cluster: &Cluster, install
     assert!(result.cost_usd >= 0.0);
 
     let pod_name = status.pod_name.unwrap();
-    let pod = Api::<Pod>::namespaced(cluster.client.clone(), &ns.name).get(&pod_name).await.unwrap();
+    let pod =
+        Api::<Pod>::namespaced(cluster.client.clone(), &ns.name).get(&pod_name).await.unwrap();
     let spec = pod.spec.clone().unwrap();
     let seccomp = spec.security_context.unwrap().seccomp_profile.unwrap();
     assert_eq!(seccomp.type_, "Localhost");
@@ -173,9 +178,10 @@ async fn scanner_run_succeeds_through_the_whole_chain(cluster: &Cluster, install
     let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["write-trat", "sanctum-forwarder", "sanctum-bridge"]);
     let terminated = |c: &k8s_openapi::api::core::v1::ContainerStatus| {
-        c.state.as_ref().and_then(|s| s.terminated.clone()).unwrap_or_else(|| {
-            panic!("{} has not terminated: {:?}", c.name, c.state)
-        })
+        c.state
+            .as_ref()
+            .and_then(|s| s.terminated.clone())
+            .unwrap_or_else(|| panic!("{} has not terminated: {:?}", c.name, c.state))
     };
     assert_eq!(terminated(&inits[0]).exit_code, 0, "write-trat");
     let agent = terminated(&pod_status.container_statuses.unwrap()[0]);
@@ -202,11 +208,11 @@ async fn scanner_run_succeeds_through_the_whole_chain(cluster: &Cluster, install
 /// token service, and its agent's call goes through the chain; an unannotated one is
 /// untouched.
 async fn injected_deployment_calls_through_the_chain(cluster: &Cluster, install: &Install) {
-    let ns = cluster.namespace("inject", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    let ns =
+        cluster.namespace("inject", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
     let deployment = |name: &str, annotate: bool| {
         let labels = json!({"app": name});
-        let annotations =
-            if annotate { json!({"sanctum.dev/inject": "true"}) } else { json!({}) };
+        let annotations = if annotate { json!({"sanctum.dev/inject": "true"}) } else { json!({}) };
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": ns.name},
@@ -244,20 +250,21 @@ async fn injected_deployment_calls_through_the_chain(cluster: &Cluster, install:
     kubectl_apply(&deployment("agent", true));
     kubectl_apply(&deployment("plain", false));
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let injected = wait_for("the injected agent to finish a turn", Duration::from_secs(180), || async {
-        let list = pods.list(&ListParams::default().labels("app=agent")).await.ok()?;
-        let pod = list.items.into_iter().next()?;
-        let statuses = pod.status.as_ref()?.container_statuses.clone()?;
-        let agent = statuses.iter().find(|c| c.name == "claude")?;
-        // The container exits after one turn (and the Deployment restarts it).
-        let done = agent
-            .state
-            .as_ref()
-            .and_then(|s| s.terminated.clone())
-            .or_else(|| agent.last_state.as_ref().and_then(|s| s.terminated.clone()))?;
-        Some((pod, done))
-    })
-    .await;
+    let injected =
+        wait_for("the injected agent to finish a turn", Duration::from_secs(180), || async {
+            let list = pods.list(&ListParams::default().labels("app=agent")).await.ok()?;
+            let pod = list.items.into_iter().next()?;
+            let statuses = pod.status.as_ref()?.container_statuses.clone()?;
+            let agent = statuses.iter().find(|c| c.name == "claude")?;
+            // The container exits after one turn (and the Deployment restarts it).
+            let done = agent
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.clone())
+                .or_else(|| agent.last_state.as_ref().and_then(|s| s.terminated.clone()))?;
+            Some((pod, done))
+        })
+        .await;
     let (pod, done) = injected;
     assert_eq!(
         done.exit_code,
@@ -290,11 +297,13 @@ async fn injected_deployment_calls_through_the_chain(cluster: &Cluster, install:
 
 /// From a scanner pod, a connection to another pod is refused; the gateway is reachable.
 async fn network_policy_is_enforced(cluster: &Cluster, install: &Install) {
-    let ns = cluster.namespace("netpol", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    let ns =
+        cluster.namespace("netpol", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
     let _pv = repo_claim(cluster, &ns.name, &install.dir.path().join("repo-netpol")).await;
     // Another pod in the cluster: the stand-in provider, reachable by anyone else.
     let standin = format!("sanctum-standin.{}.svc.cluster.local:8080", install.gateway_ns.name);
-    let gateway = format!("{}-gateway.{}.svc.cluster.local:8443", install.release, install.gateway_ns.name);
+    let gateway =
+        format!("{}-gateway.{}.svc.cluster.local:8443", install.release, install.gateway_ns.name);
     let runs: Api<ScannerRun> = Api::namespaced(cluster.client.clone(), &ns.name);
     let run = scanner_run(
         "probe",
@@ -304,7 +313,12 @@ async fn network_policy_is_enforced(cluster: &Cluster, install: &Install) {
     runs.create(&PostParams::default(), &run).await.unwrap();
     let run = wait_finished(cluster, install, &runs, "probe", Duration::from_secs(120)).await;
     let status = run.status.unwrap();
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{}", serde_json::to_string(&status.message).unwrap());
+    assert_eq!(
+        status.phase,
+        Some(Phase::Succeeded),
+        "{}",
+        serde_json::to_string(&status.message).unwrap()
+    );
     let pod = Api::<Pod>::namespaced(cluster.client.clone(), &ns.name)
         .get(status.pod_name.as_deref().unwrap())
         .await
@@ -324,7 +338,8 @@ async fn network_policy_is_enforced(cluster: &Cluster, install: &Install) {
 
 /// An agent out of memory, a run past its timeout, an image that is not there.
 async fn real_failures_end_runs_with_their_reason(cluster: &Cluster, install: &Install) {
-    let ns = cluster.namespace("fail", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    let ns =
+        cluster.namespace("fail", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
     let _pv = repo_claim(cluster, &ns.name, &install.dir.path().join("repo-fail")).await;
     let runs: Api<ScannerRun> = Api::namespaced(cluster.client.clone(), &ns.name);
     let cases = [
@@ -334,11 +349,17 @@ async fn real_failures_end_runs_with_their_reason(cluster: &Cluster, install: &I
                    "resources": {"limits": {"memory": "32Mi"}, "requests": {"memory": "32Mi"}}}),
             "OOMKilled",
         ),
-        ("late", json!({"command": ["sanctum-agent", "sleep", "600"], "timeoutSeconds": 5}), "DeadlineExceeded"),
+        (
+            "late",
+            json!({"command": ["sanctum-agent", "sleep", "600"], "timeoutSeconds": 5}),
+            "DeadlineExceeded",
+        ),
         ("noimage", json!({"image": image("sanctum-no-such-image")}), "ImagePullFailed"),
     ];
     for (name, spec, _) in &cases {
-        runs.create(&PostParams::default(), &scanner_run(name, &ns.name, spec.clone())).await.unwrap();
+        runs.create(&PostParams::default(), &scanner_run(name, &ns.name, spec.clone()))
+            .await
+            .unwrap();
     }
     for (name, _, reason) in cases {
         let run = wait_finished(cluster, install, &runs, name, Duration::from_secs(180)).await;
