@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::mcp;
 
 /// Built-in tools the model gets: reading and searching only. No Bash, no Edit/Write, no web.
+/// (Claude Code 2.1.332 has no separate `LS` tool: `Glob` lists directories.)
 pub const READ_ONLY_TOOLS: [&str; 3] = ["Read", "Grep", "Glob"];
 
 /// Tools refused even if some setting offered them (the allow list is the real guard).

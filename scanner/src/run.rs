@@ -66,14 +66,17 @@ pub fn repo_is_empty(repo: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// The findings file's accepted findings, in order, duplicates dropped; a missing file is none,
-/// a malformed line is skipped.
+/// The findings file's accepted findings, in order; a missing file is none, a malformed line
+/// is skipped. A finding of the same rule at the same place as an earlier one is a duplicate
+/// (models do report a flaw twice, worded differently) and is dropped.
 pub fn read_findings(path: &Path) -> Vec<Finding> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut out: Vec<Finding> = Vec::new();
     for line in text.lines() {
         if let Ok(f) = serde_json::from_str::<Finding>(line)
-            && !out.contains(&f)
+            && !out
+                .iter()
+                .any(|o| (&o.rule_id, &o.file, o.start_line) == (&f.rule_id, &f.file, f.start_line))
         {
             out.push(f);
         }
@@ -360,8 +363,18 @@ mod tests {
     fn findings_file_tolerates_junk_and_duplicates() {
         let d = tempfile::tempdir().unwrap();
         let f = r#"{"rule_id":"r","title":"t","description":"d","severity":"low","file":"a","start_line":1,"end_line":1}"#;
-        std::fs::write(d.path().join("f"), format!("{f}\nnot json\n{f}\n")).unwrap();
-        assert_eq!(read_findings(&d.path().join("f")).len(), 1);
+        let reworded = f.replace(r#""title":"t""#, r#""title":"again""#);
+        let elsewhere = f.replace(r#""start_line":1"#, r#""start_line":2"#);
+        std::fs::write(
+            d.path().join("f"),
+            format!("{f}\nnot json\n{f}\n{reworded}\n{elsewhere}\n"),
+        )
+        .unwrap();
+        let got = read_findings(&d.path().join("f"));
+        assert_eq!(
+            got.iter().map(|f| (f.title.as_str(), f.start_line)).collect::<Vec<_>>(),
+            [("t", 1), ("t", 2)]
+        );
         assert!(read_findings(&d.path().join("missing")).is_empty());
     }
 
