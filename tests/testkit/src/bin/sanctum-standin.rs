@@ -40,8 +40,8 @@ struct Cli {
     /// tool (the default); `off`: always answer the plain reply.
     #[arg(long, default_value = "review", value_parser = ["review", "off"])]
     script: String,
-    /// Answer every Messages API call with this HTTP status (e.g. 429: budget spent,
-    /// with x-should-retry: false).
+    /// Answer every Messages API call with this HTTP status and `x-should-retry: false`
+    /// (e.g. 429: the run's budget is spent).
     #[arg(long)]
     refuse: Option<u16>,
 }
