@@ -154,9 +154,11 @@ pub fn build_pod(
 ) -> Result<Pod, InjectError> {
     let spec = &run.spec;
     let mut env_vars: Vec<EnvVar> = spec.env.clone().unwrap_or_default();
-    env_vars.retain(|e| !e.name.starts_with("SANCTUM_") && e.name != "HOME");
+    env_vars.retain(|e| !e.name.starts_with("SANCTUM_") && e.name != "HOME" && e.name != "TMPDIR");
     env_vars.extend([
         env("HOME", HOME),
+        // The root filesystem is read-only: temporary files go to the /tmp emptyDir.
+        env("TMPDIR", "/tmp"),
         env("SANCTUM_REPO", "/repo"),
         env("SANCTUM_OUTPUT", "/output"),
         env("SANCTUM_RUN", &plan.name),
