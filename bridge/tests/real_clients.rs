@@ -51,16 +51,26 @@ fn assert_provider_saw_only_pod_credentials(env: &Env) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claude_code_cli_through_the_bridge() {
-    let Some(claude) = clients::claude_cli() else { return };
+async fn claude_code_through_the_bridge(claude: &std::path::Path) {
     let env = start_env().await;
-    clients::run_claude(&claude, &env.url("")).await;
+    clients::run_claude(claude, &env.url("")).await;
     assert_provider_saw_only_pod_credentials(&env);
     let streamed = env.provider().requests().iter().any(|r| {
         serde_json::from_slice::<serde_json::Value>(&r.body).is_ok_and(|b| b["stream"] == true)
     });
     assert!(streamed, "claude -p is expected to stream its answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_cli_through_the_bridge() {
+    let Some(claude) = clients::claude_cli() else { return };
+    claude_code_through_the_bridge(&claude).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_claude_code_through_the_bridge() {
+    let Some(claude) = clients::claude_native() else { return };
+    claude_code_through_the_bridge(&claude).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

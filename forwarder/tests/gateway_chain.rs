@@ -4,7 +4,8 @@
 //! placeholder key or either pod token. A CLI that prints the provider's answer proves the
 //! exchange; the provider's record proves what crossed the last hop.
 //!
-//! The anthropic Python SDK takes the same path (JSON and streaming).
+//! The native Claude Code binary, the anthropic Python SDK (JSON and streaming) and the Python
+//! Agent SDK (`query()` with an in-process MCP tool) take the same path.
 //!
 //! Needs the real clients (`tests/clients/install.sh`) and the `sanctum-bridge` binary built
 //! next to this one (`cargo build -p sanctum-bridge`, done by any workspace test run).
@@ -136,11 +137,11 @@ impl Chain {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claude_code_through_bridge_forwarder_and_gateway() {
-    let Some(claude) = clients::claude_cli() else { return };
+/// `claude -p` through the chain: it streams its answer, only the org's key reaches the
+/// provider, and the gateway audits the streamed usage.
+async fn claude_code_through_the_chain(claude: &Path) {
     let Some(c) = chain().await else { return };
-    clients::run_claude(&claude, &format!("http://{}", c.bridge_addr)).await;
+    clients::run_claude(claude, &format!("http://{}", c.bridge_addr)).await;
 
     let calls = c.assert_provider_saw_only_the_org_key();
     let seen = c.provider.requests();
@@ -156,6 +157,41 @@ async fn claude_code_through_bridge_forwarder_and_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_through_bridge_forwarder_and_gateway() {
+    let Some(claude) = clients::claude_cli() else { return };
+    claude_code_through_the_chain(&claude).await;
+}
+
+/// The native binary users install today, not only the last JavaScript build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_claude_code_through_bridge_forwarder_and_gateway() {
+    let Some(claude) = clients::claude_native() else { return };
+    claude_code_through_the_chain(&claude).await;
+}
+
+/// The Python Agent SDK: `query()` with an in-process MCP tool, through the whole chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_agent_sdk_through_the_whole_chain() {
+    let Some(python) = clients::agent_sdk() else { return };
+    let Some(c) = chain().await else { return };
+    clients::run_agent_sdk(&python, &format!("http://{}", c.bridge_addr)).await;
+    let calls = c.assert_provider_saw_only_the_org_key();
+    let offered = c.provider.requests().iter().any(|r| {
+        serde_json::from_slice::<serde_json::Value>(&r.body).is_ok_and(|b| {
+            b["tools"]
+                .as_array()
+                .is_some_and(|tools| tools.iter().any(|t| t["name"] == clients::AGENT_SDK_TOOL))
+        })
+    });
+    assert!(
+        offered,
+        "the SDK's in-process tool {} was offered to the model",
+        clients::AGENT_SDK_TOOL
+    );
+    c.assert_audited(calls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_python_sdk_through_the_whole_chain() {
     let Some(python) = clients::python_sdk() else { return };
     let Some(c) = chain().await else { return };
@@ -164,4 +200,79 @@ async fn anthropic_python_sdk_through_the_whole_chain() {
     let ok = c.assert_audited(2).await;
     assert_eq!(ok.len(), 2);
     assert!(ok.iter().all(|l| l["input_tokens"] == 25 && l["output_tokens"] == 12), "{ok:?}");
+}
+
+/// One client try: writes a `len`-byte Messages body to `addr` while it reads the answer,
+/// as a client that stops caring about its upload once answered does. Returns the status
+/// and body of the answer; a write error after the answer is fine, no answer is not.
+async fn upload_and_read(addr: SocketAddr, len: usize) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the bridge");
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         anthropic-version: 2023-06-01\r\ncontent-length: {len}\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            wr.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let answer = loop {
+        let n = match tokio::time::timeout(Duration::from_secs(30), rd.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => panic!("reading the answer failed after {} bytes: {e}", got.len()),
+            Err(_) => panic!("no complete answer in 30 s: {:?}", String::from_utf8_lossy(&got)),
+        };
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap());
+            let body = &text[end + 4..];
+            if length.is_some_and(|l| body.len() >= l) || (n == 0 && length.is_none()) {
+                let status = text[9..12].parse().unwrap();
+                break (status, body.to_owned());
+            }
+        }
+        assert!(n > 0, "the connection closed before a complete answer: {text:?}");
+    };
+    writer.abort();
+    answer
+}
+
+const BIG_BODY: usize = 33 << 20;
+
+/// Issue 13 item 1: a 33 MiB body that the gateway refuses from the head alone (over its
+/// 32 MiB limit) reaches the client as the gateway's 413, every time — never a retryable
+/// 502 made of a broken pipe while the bridge or the forwarder was still sending the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_the_body_reaches_the_client_unchanged() {
+    let Some(c) = chain().await else { return };
+    for attempt in 0..10 {
+        let (status, body) = upload_and_read(c.bridge_addr, BIG_BODY).await;
+        assert_eq!(status, 413, "try {attempt}: {body}");
+        assert!(body.contains("request_too_large") && body.contains("limit"), "{body}");
+    }
+    // The same for a refusal of the credentials: a token signed by a key the gateway does
+    // not know is refused (401) before the body is read.
+    let stranger = EcKey::new("unknown-key");
+    std::fs::write(c.s.path("jwt"), stranger.sign(&svid_claims(RUN))).unwrap();
+    for attempt in 0..10 {
+        let (status, body) = upload_and_read(c.bridge_addr, BIG_BODY).await;
+        assert_eq!(status, 401, "try {attempt}: {body}");
+        assert!(body.contains("authentication_error"), "{body}");
+    }
+    assert!(c.provider.requests().is_empty(), "nothing reached the provider");
 }

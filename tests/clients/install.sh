@@ -2,7 +2,7 @@
 # Installs the real clients of the bridge tests into ignored folders next to this script:
 #   node_modules/  npm @anthropic-ai/claude-code (the last JS build) and
 #                  @anthropic-ai/claude-code-linux-x64 (the native binary), pinned in package-lock.json
-#   .venv/         PyPI anthropic, the version pinned in requirements.txt
+#   .venv/         PyPI anthropic and claude-agent-sdk, the versions pinned in requirements.txt
 # Idempotent: a second run only checks the stamps and exits in well under a second.
 # Needs: node >= 18 with npm, python3 >= 3.9 with the venv module (Debian: python3-venv).
 set -euo pipefail
@@ -35,4 +35,5 @@ node_modules/.bin/claude --version >/dev/null || fail "claude did not start afte
 native=node_modules/@anthropic-ai/claude-code-linux-x64/claude
 "$native" --version >/dev/null || fail "the native Claude Code binary ($native) did not start after install"
 .venv/bin/python -c 'import anthropic' || fail "the anthropic package does not import after install"
+.venv/bin/python -c 'import claude_agent_sdk' || fail "the claude-agent-sdk package does not import after install"
 echo "real clients ready: claude $(node_modules/.bin/claude --version 2>/dev/null | head -1) (JS), $("$native" --version | head -1) (native), anthropic $(.venv/bin/python -c 'import anthropic; print(anthropic.__version__)')" >&2

@@ -31,8 +31,22 @@ pub fn installed(relative: &str, what: &str) -> Option<PathBuf> {
     None
 }
 
+/// Claude Code 2.1.112, the last JavaScript build (runs on Node).
 pub fn claude_cli() -> Option<PathBuf> {
     installed("node_modules/.bin/claude", "the Claude Code CLI (npm @anthropic-ai/claude-code)")
+}
+
+/// The native Claude Code binary users install today (npm `@anthropic-ai/claude-code-linux-x64`).
+pub fn claude_native() -> Option<PathBuf> {
+    installed(
+        "node_modules/@anthropic-ai/claude-code-linux-x64/claude",
+        "the native Claude Code CLI (npm @anthropic-ai/claude-code-linux-x64)",
+    )
+}
+
+/// The Python interpreter of the venv that holds `claude-agent-sdk` (with its bundled CLI).
+pub fn agent_sdk() -> Option<PathBuf> {
+    installed(".venv/bin/python", "the Python Agent SDK (PyPI claude-agent-sdk)")
 }
 
 pub fn python_sdk() -> Option<PathBuf> {
@@ -123,4 +137,57 @@ pub async fn run_python_sdk(python: &Path, base_url: &str) {
     assert!(stdout.contains(&format!("JSON:{DEFAULT_ANSWER}\n")), "{stdout}");
     assert!(stdout.contains(&format!("STREAM:{DEFAULT_ANSWER}\n")), "{stdout}");
     assert!(stdout.contains("USAGE:25/12"), "{stdout}");
+}
+
+/// The tool the Agent SDK test offers, served in-process by the SDK (an SDK MCP server).
+pub const AGENT_SDK_TOOL: &str = "mcp__tickets__lookup_ticket";
+
+const AGENT_SDK_CLIENT: &str = r#"
+import asyncio, sys
+from claude_agent_sdk import (ClaudeAgentOptions, ResultMessage, create_sdk_mcp_server, query, tool)
+
+@tool("lookup_ticket", "Look up a ticket by its id", {"id": str})
+async def lookup_ticket(args):
+    return {"content": [{"type": "text", "text": "ticket %s is open" % args["id"]}]}
+
+async def main():
+    options = ClaudeAgentOptions(
+        mcp_servers={"tickets": create_sdk_mcp_server(name="tickets", version="1.0.0", tools=[lookup_ticket])},
+        allowed_tools=["mcp__tickets__lookup_ticket"],
+        max_turns=2,
+        env={
+            "ANTHROPIC_BASE_URL": sys.argv[1],
+            "ANTHROPIC_API_KEY": "gateway-injected",
+            # Newer CLIs hide MCP tools behind a tool-search tool otherwise.
+            "ENABLE_TOOL_SEARCH": "false",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "CLAUDE_CODE_MAX_RETRIES": "1",
+        },
+    )
+    async for message in query(prompt="Say hello", options=options):
+        if isinstance(message, ResultMessage):
+            print("RESULT:%s" % message.result)
+            print("ERROR:%s" % message.is_error)
+
+asyncio.run(main())
+"#;
+
+/// The Python Agent SDK (`claude-agent-sdk`, which runs its bundled native CLI) against
+/// `base_url`: `query()` with an in-process MCP tool offered; checks it got the stand-in's
+/// answer with no error.
+pub async fn run_agent_sdk(python: &Path, base_url: &str) {
+    let out = run_isolated(python, |cmd| {
+        cmd.args(["-c", AGENT_SDK_CLIENT, base_url]);
+    })
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Agent SDK failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("RESULT:{DEFAULT_ANSWER}\n")), "{stdout}");
+    assert!(stdout.contains("ERROR:False\n"), "{stdout}");
 }
