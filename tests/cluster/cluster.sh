@@ -1215,6 +1215,13 @@ cmd_status() {
   else
     printf '%-24s %s\n' "readyz" "not ready"; ok=1
   fi
+  if [[ "${NODE:-0}" == 1 ]]; then
+    if [[ -x "$BIN_DIR/kubectl" && -f "$STATE/kubeconfig" ]] && node_ready; then
+      printf '%-24s %s\n' "node" "$NODE_NAME Ready"
+    else
+      printf '%-24s %s\n' "node" "$NODE_NAME not Ready"; ok=1
+    fi
+  fi
   printf '%-24s %s\n' "kubeconfig" "$STATE/kubeconfig" "state dir" "$STATE" "binaries" "$BIN_DIR"
   return "$ok"
 }
