@@ -49,8 +49,12 @@ pub struct AuditRecord {
     pub output_tokens: u64,
     pub cache_creation_input_tokens: u64,
     pub cache_read_input_tokens: u64,
+    /// Tokens charged to the run's budget: the reported usage when the gateway saw it in
+    /// full, else at least the request's reservation.
+    pub charged_tokens: u64,
     pub latency_ms: f64,
-    /// The stream ended before `message_stop` (upstream died or the client went away).
+    /// The gateway did not see the whole answer (the stream ended before `message_stop`, the
+    /// provider broke off, or the client went away), so usage may be missing.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
 }

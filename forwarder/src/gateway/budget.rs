@@ -1,12 +1,46 @@
-//! Token budget of a run (`txn`): tokens are reserved against the request's `max_tokens`
-//! when it is admitted — so concurrent requests cannot together overshoot — and settled from
-//! the usage the provider reports. A reservation lives at most `ttl`: if a gateway dies
-//! mid-request, its reservation frees itself instead of starving the run.
-//!
-//! Input tokens are not known before the provider answers, so they are counted at settlement
-//! only; a run can end above its budget by at most the input of its last admitted requests.
+//! Token budget of a run (`txn`): when a request is admitted, tokens are reserved for the
+//! most it can cost — `max_tokens` plus an upper bound of its input taken from the body size
+//! ([`reservation`]) — so concurrent requests cannot together overshoot. When it ends, the
+//! reservation is replaced by what it cost ([`charge`]): the usage the provider reported if
+//! the gateway saw it in full, else at least the reservation. A reservation lives at most
+//! `ttl`: if a gateway dies mid-request, its reservation frees itself instead of starving
+//! the run.
 
 use std::collections::HashMap;
+
+/// Request-body bytes counted as one input token when reserving (the default of
+/// `--body-bytes-per-token`).
+///
+/// Why 3: Claude's tokenizer averages 3.5–4 bytes of English or code per token, and the
+/// JSON around the text (keys, quotes, `\n` escapes) adds bytes but no tokens, so a body
+/// of N bytes holds fewer than N/3 input tokens in practice. It is not a proof: text made to
+/// tokenize badly (random symbols) can reach one token per byte, and a small, near-blank
+/// image can cost more tokens than its base64 bytes. Such a request still settles at its
+/// reported usage, and the next admission sees it; 1 makes the bound hold for any text.
+pub const BODY_BYTES_PER_TOKEN: u64 = 3;
+
+/// Tokens reserved for a request: `max_tokens` plus its input bounded from the body size,
+/// `ceil(body_bytes / bytes_per_token)` (`bytes_per_token` 0 is taken as 1).
+pub fn reservation(body_bytes: usize, max_tokens: u64, bytes_per_token: u64) -> u64 {
+    input_bound(body_bytes, bytes_per_token).saturating_add(max_tokens)
+}
+
+/// The input-token bound of a body of `body_bytes` bytes (see [`BODY_BYTES_PER_TOKEN`]).
+pub fn input_bound(body_bytes: usize, bytes_per_token: u64) -> u64 {
+    (body_bytes as u64).div_ceil(bytes_per_token.max(1))
+}
+
+/// What a finished request costs its run, in tokens.
+///
+/// `reported` is the usage total the provider reported; `in_full` says whether the gateway
+/// saw that report complete (a JSON answer read to its end, or an SSE stream up to
+/// `message_stop`). A request seen only in part — the client hung up, the stream broke, the
+/// answer was too large to read — may have cost anything up to its reservation, so it is
+/// charged at least `reserved` (issue 12 item 7: agents that close each stream before the
+/// final `message_delta` were charged only the `message_start` usage).
+pub fn charge(reported: u64, in_full: bool, reserved: u64) -> u64 {
+    if in_full { reported } else { reported.max(reserved) }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -16,8 +50,8 @@ pub enum Admission {
         spent: u64,
         limit: u64,
     },
-    /// Even alone this request could exceed the budget (`spent + max_tokens > limit`).
-    /// Retrying the same request cannot help; a smaller `max_tokens` can.
+    /// Even alone this request could exceed the budget (`spent + reservation > limit`).
+    /// Retrying the same request cannot help; a smaller `max_tokens` or prompt can.
     TooLarge {
         remaining: u64,
         asked: u64,
@@ -97,6 +131,17 @@ mod tests {
             decide(u64::MAX, u64::MAX - 1, u64::MAX, u64::MAX),
             Admission::TooLarge { remaining: 1, asked: u64::MAX }
         );
+    }
+
+    #[test]
+    fn reservations_bound_the_input_and_charges_fall_back_to_them() {
+        assert_eq!(reservation(30_000, 1, 3), 10_001);
+        assert_eq!(reservation(1, 1, 3), 2);
+        assert_eq!(reservation(10, 5, 0), 15);
+        assert_eq!(reservation(usize::MAX, u64::MAX, 1), u64::MAX);
+        assert_eq!(charge(60, true, 500), 60);
+        assert_eq!(charge(11, false, 1060), 1060);
+        assert_eq!(charge(2000, false, 1060), 2000);
     }
 
     #[test]

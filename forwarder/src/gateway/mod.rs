@@ -143,6 +143,13 @@ pub struct Options {
     /// Seconds between refreshes of a JWKS URL (files are checked every 2 s).
     #[arg(long, env = "SANCTUM_JWKS_REFRESH_SECS", default_value_t = 300)]
     pub jwks_refresh_secs: u64,
+    /// Request-body bytes counted as one input token when a request's budget reservation is
+    /// made (max_tokens + body bytes / this). 3 fits English and code with room to spare
+    /// (Claude averages 3.5-4 bytes per token, and JSON adds bytes but no tokens); 1 is a
+    /// bound for any text. The charge is settled to the reported usage afterwards.
+    #[arg(long, env = "SANCTUM_BODY_BYTES_PER_TOKEN", default_value_t = budget::BODY_BYTES_PER_TOKEN,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_bytes_per_token: u64,
     /// Seconds a budget reservation lives if its request never settles (gateway crash).
     #[arg(long, env = "SANCTUM_RESERVATION_TTL_SECS", default_value_t = 900)]
     pub reservation_ttl_secs: u64,
@@ -289,6 +296,7 @@ async fn main(args: Options) -> anyhow::Result<()> {
         max_body: args.max_body_bytes,
         reservation_ttl: args.reservation_ttl_secs.max(60),
         rate: RateLimit::per_minute(args.rate_limit_per_minute, args.rate_limit_burst),
+        body_bytes_per_token: args.body_bytes_per_token,
     };
     let gw = Arc::new(Gateway::new(
         settings,

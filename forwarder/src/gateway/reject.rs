@@ -168,12 +168,23 @@ pub fn budget_exhausted(txn: &str, spent: u64, limit: u64) -> Rejection {
     )
 }
 
-pub fn budget_too_large(txn: &str, remaining: u64, asked: u64) -> Rejection {
+/// The request could exceed the budget even alone: `asked` = `max_tokens` + `input`, the
+/// input bound of a `body_bytes`-byte body.
+pub fn budget_too_large(
+    txn: &str,
+    remaining: u64,
+    asked: u64,
+    max_tokens: u64,
+    input: u64,
+    body_bytes: usize,
+) -> Rejection {
     too_many(
         "budget_insufficient",
         format!(
             "run txn '{txn}' has {remaining} tokens of budget left, but this request may use up \
-             to max_tokens={asked}; lower max_tokens or raise the run's budget"
+             to {asked} tokens (max_tokens={max_tokens} plus up to {input} input tokens for its \
+             {body_bytes}-byte body); lower max_tokens, send a shorter conversation, or raise \
+             the run's budget"
         ),
         Retry::Never,
     )

@@ -22,13 +22,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use sanctum_common::headers::{AUTHORIZATION, PROXY_AUTHORIZATION, TXN_TOKEN, X_API_KEY};
-use sanctum_common::proxy::{HeadGuard, Limits, ProxyBody, ProxyMetrics, UpstreamClient};
+use sanctum_common::proxy::{
+    HeadGuard, Limits, ProxyBody, ProxyMetrics, UpstreamClient, UpstreamError,
+};
 use sanctum_common::{ApiError, TratClaims};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use super::audit::{AuditLog, AuditRecord};
-use super::budget::Admission;
+use super::budget::{self, Admission};
 use super::dlp::{Scanner, Verdict};
 use super::jwks::{TokenType, VerifyError};
 use super::keys::ProviderKeys;
@@ -61,6 +63,8 @@ pub struct Settings {
     pub max_body: usize,
     pub reservation_ttl: u64,
     pub rate: Option<RateLimit>,
+    /// Body bytes counted as one input token when reserving (see [`budget::reservation`]).
+    pub body_bytes_per_token: u64,
 }
 
 pub struct Gateway {
@@ -86,6 +90,8 @@ struct Run {
     org: String,
     keep_until: u64,
     reservation: Option<String>,
+    /// Tokens reserved for this request (0 when nothing was reserved).
+    reserved: u64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -368,6 +374,7 @@ impl Gateway {
             )?
         };
 
+        let body_len = body.len();
         let body = match self.dlp.scan(&body) {
             Verdict::Clean => body,
             Verdict::Block { rule, description, offset } => {
@@ -399,17 +406,21 @@ impl Gateway {
             org: trat.tctx.org_id.clone(),
             keep_until,
             reservation: None,
+            reserved: 0,
         };
         if !counting {
             let limit = trat.tctx.budget_tokens.unwrap_or(self.settings.default_budget);
             let id = audit.request_id.clone();
+            let input = budget::input_bound(body_len, self.settings.body_bytes_per_token);
+            let asked =
+                budget::reservation(body_len, max_tokens, self.settings.body_bytes_per_token);
             let admission = self
                 .state
                 .reserve(
                     &trat.txn,
                     limit,
                     &id,
-                    max_tokens,
+                    asked,
                     now,
                     self.settings.reservation_ttl,
                     keep_until,
@@ -417,12 +428,17 @@ impl Gateway {
                 .await
                 .map_err(|e| reject::state_unavailable(&e))?;
             match admission {
-                Admission::Admitted => run.reservation = Some(id),
+                Admission::Admitted => {
+                    run.reservation = Some(id);
+                    run.reserved = asked;
+                }
                 Admission::Exhausted { spent, limit } => {
                     return Err(reject::budget_exhausted(&trat.txn, spent, limit));
                 }
                 Admission::TooLarge { remaining, asked } => {
-                    return Err(reject::budget_too_large(&trat.txn, remaining, asked));
+                    return Err(reject::budget_too_large(
+                        &trat.txn, remaining, asked, max_tokens, input, body_len,
+                    ));
                 }
                 Admission::Busy { remaining, reserved, .. } => {
                     return Err(reject::budget_busy(&trat.txn, remaining, reserved));
@@ -470,11 +486,19 @@ impl Gateway {
                 self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(request_id = %audit.request_id, %error, "provider unreachable");
                 let api = error.to_api_error("check the gateway's --upstream");
+                // A request that never left costs nothing; one that may have reached the
+                // provider (no answer in time, a broken answer) may have cost its reservation.
+                let seen = match error {
+                    UpstreamError::ResponseTimeout { .. } | UpstreamError::Protocol { .. } => {
+                        Seen::Partly
+                    }
+                    _ => Seen::NotSent,
+                };
                 let finish = Finish { gw: self.clone(), run, audit, start };
                 finish.done(
                     api.status.as_u16(),
                     Usage::default(),
-                    true,
+                    seen,
                     Some("upstream_unreachable"),
                 );
                 api.to_response::<GatewayBody>()
@@ -491,9 +515,28 @@ struct Finish {
     start: Instant,
 }
 
+/// How much of the provider's usage report the gateway saw, which decides the charge
+/// ([`budget::charge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// The whole answer, usage included: charged what the provider reported.
+    Full,
+    /// Part of it (client gone, stream broken, answer too large to read): charged at least
+    /// the reservation.
+    Partly,
+    /// The request never reached the provider: charged nothing.
+    NotSent,
+}
+
 impl Finish {
-    fn done(self, status: u16, usage: Usage, incomplete: bool, rejected: Option<&'static str>) {
+    fn done(self, status: u16, usage: Usage, seen: Seen, rejected: Option<&'static str>) {
         let Finish { gw, run, mut audit, start } = self;
+        let incomplete = seen != Seen::Full;
+        let charged = match seen {
+            Seen::Full | Seen::NotSent => usage.total(),
+            Seen::Partly => budget::charge(usage.total(), false, run.reserved),
+        };
+        audit.charged_tokens = charged;
         gw.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         audit.status = status;
         audit.rejected = rejected;
@@ -510,7 +553,7 @@ impl Finish {
         gw.metrics.tokens(&run.org, &run.txn, run.keep_until, &usage);
         let in_memory = match &run.reservation {
             None => true,
-            Some(id) => gw.state.settle_in_memory(&run.txn, id, usage.total()).is_some(),
+            Some(id) => gw.state.settle_in_memory(&run.txn, id, charged).is_some(),
         };
         if in_memory {
             gw.audit.write(&audit);
@@ -518,7 +561,7 @@ impl Finish {
         }
         let settle = async move {
             if let Some(id) = &run.reservation {
-                let total = usage.total();
+                let total = charged;
                 if let Err(error) =
                     gw.state.settle(&run.txn, id, total, now_unix(), run.keep_until).await
                 {
@@ -606,19 +649,29 @@ fn last_event_end(buf: &[u8]) -> Option<usize> {
 }
 
 impl Metered {
-    fn usage(&self) -> Usage {
+    /// The usage reported so far, and whether it is the whole report. `ended` says whether
+    /// the provider's body was read to its end.
+    fn usage(&self, ended: bool) -> (Usage, Seen) {
         if self.sse {
-            self.sse_usage.usage()
-        } else {
-            self.json.as_deref().and_then(usage::from_json).unwrap_or_default()
+            // `message_stop` follows the last `message_delta`, whose usage is final.
+            let full = ended && self.sse_usage.stopped;
+            return (self.sse_usage.usage(), if full { Seen::Full } else { Seen::Partly });
+        }
+        let parsed = if ended { self.json.as_deref().and_then(usage::from_json) } else { None };
+        match parsed {
+            Some(u) => (u, Seen::Full),
+            // An error answer read in full: the provider did not run the model.
+            None if ended && !(200..300).contains(&self.status) => (Usage::default(), Seen::Full),
+            None => (Usage::default(), Seen::Partly),
         }
     }
 
-    fn complete(&mut self, incomplete: bool) {
+    /// Settles once. `ended`: the provider's body was read to its end (not broken off, not
+    /// abandoned by the client).
+    fn complete(&mut self, ended: bool) {
         if let Some(finish) = self.finish.take() {
-            let usage = self.usage();
-            let incomplete = incomplete || (self.sse && !self.sse_usage.stopped);
-            finish.done(self.status, usage, incomplete, None);
+            let (usage, seen) = self.usage(ended);
+            finish.done(self.status, usage, seen, None);
         }
     }
 }
@@ -654,9 +707,17 @@ impl Body for GatewayBody {
                     let Ok(data) = frame.into_data() else {
                         continue; // trailers: the Messages API sends none
                     };
+                    // hyper stops polling a body once its content-length is written, so the
+                    // end is noticed here, not only from a final `None`.
+                    let last = m.inner.is_end_stream();
                     if m.sse {
                         m.sse_usage.feed(&data);
                         m.pending.extend_from_slice(&data);
+                        if last {
+                            m.ended = true;
+                            m.complete(true);
+                            return Poll::Ready(Some(Ok(Frame::data(m.pending.split().freeze()))));
+                        }
                         match last_event_end(&m.pending) {
                             Some(end) => {
                                 return Poll::Ready(Some(Ok(Frame::data(
@@ -673,6 +734,10 @@ impl Body for GatewayBody {
                             m.json = None;
                         }
                     }
+                    if last {
+                        m.ended = true;
+                        m.complete(true);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Poll::Ready(Some(Err(error))) => {
@@ -681,7 +746,7 @@ impl Body for GatewayBody {
                         f.gw.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(request_id = %f.audit.request_id, %error, "provider stream broke");
                     }
-                    m.complete(true);
+                    m.complete(false);
                     if m.sse {
                         // Drop the half event; end the stream the way the API reports errors.
                         m.pending.clear();
@@ -694,7 +759,7 @@ impl Body for GatewayBody {
                 }
                 Poll::Ready(None) => {
                     m.ended = true;
-                    m.complete(false);
+                    m.complete(true);
                     if !m.pending.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(m.pending.split().freeze()))));
                     }
@@ -722,63 +787,8 @@ impl Body for GatewayBody {
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        // The client went away mid-response: settle what was reported so far.
-        self.complete(true);
-    }
-}
-
-/// A connection whose read side also feeds the shared head guard (request smuggling checks
-/// of `common::proxy`). The common server keeps its own wrapper private; this is the same
-/// idea for the gateway's own accept loop.
-struct GuardedIo<T> {
-    inner: T,
-    guard: Arc<Mutex<HeadGuard>>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[before..];
-                if !new.is_empty() {
-                    this.guard.lock().unwrap_or_else(|e| e.into_inner()).feed(new);
-                }
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        // The client went away mid-response (or never read it): settle what was seen.
+        self.complete(false);
     }
 }
 
@@ -791,7 +801,9 @@ async fn serve_connection<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let guard = Arc::new(Mutex::new(HeadGuard::new(limits.max_header_bytes)));
-    let io = TokioIo::new(GuardedIo { inner: io, guard: guard.clone() });
+    // The common wrapper: head guard plus the lingering close (issue 13 item 1).
+    let io =
+        TokioIo::new(sanctum_common::proxy::server::GuardedIo::new(io, guard.clone(), &limits));
     let service = service_fn(move |req: Request<Incoming>| {
         let (gw, guard) = (gw.clone(), guard.clone());
         async move {
