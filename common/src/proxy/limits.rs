@@ -29,6 +29,13 @@ pub struct Limits {
     pub pool_max_idle: usize,
     /// How long in-flight requests may finish after a shutdown signal. Default 30 s.
     pub grace_period: Duration,
+    /// Lingering close (RFC 9112 §9.6): after the server's last response on a connection,
+    /// how long it keeps reading and discarding what the client still sends, so that a
+    /// client still uploading a body gets the answer (e.g. a 413 decided from the head)
+    /// instead of a reset. Default 5 s.
+    pub linger_timeout: Duration,
+    /// Most bytes discarded during a lingering close. Default 64 MiB.
+    pub linger_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +49,8 @@ impl Default for Limits {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle: 64,
             grace_period: Duration::from_secs(30),
+            linger_timeout: Duration::from_secs(5),
+            linger_max_bytes: 64 << 20,
         }
     }
 }

@@ -66,11 +66,38 @@ impl Listener for UnixListener {
 }
 
 pin_project! {
-    /// A connection whose read side also feeds the head guard.
-    struct GuardedIo<T> {
+    /// A connection whose read side also feeds the head guard, and whose shutdown is a
+    /// lingering close (RFC 9112 §9.6). [`serve_connection`] wraps every connection in it;
+    /// a server with its own accept loop (the gateway) uses [`GuardedIo::new`].
+    ///
+    /// Why the lingering close: when we answer before reading the whole request body (a
+    /// 413 or 401 decided from the head), closing the socket with unread bytes in it makes
+    /// the kernel send a reset, and the client — still writing its body — gets a broken
+    /// pipe or a reset instead of our answer. So on shutdown we half-close (the client
+    /// reads our answer, then end of stream) and read and discard what it still sends,
+    /// until it closes, [`Limits::linger_timeout`] passes or
+    /// [`Limits::linger_max_bytes`] were discarded.
+    pub struct GuardedIo<T> {
         #[pin]
         inner: T,
         guard: Arc<Mutex<HeadGuard>>,
+        linger: Option<Pin<Box<tokio::time::Sleep>>>,
+        linger_for: std::time::Duration,
+        linger_left: u64,
+    }
+}
+
+impl<T> GuardedIo<T> {
+    /// Wraps `inner`: every byte read is fed to `guard`; the lingering close follows
+    /// `limits` ([`Limits::linger_timeout`], [`Limits::linger_max_bytes`]).
+    pub fn new(inner: T, guard: Arc<Mutex<HeadGuard>>, limits: &Limits) -> Self {
+        Self {
+            inner,
+            guard,
+            linger: None,
+            linger_for: limits.linger_timeout,
+            linger_left: limits.linger_max_bytes,
+        }
     }
 }
 
@@ -91,7 +118,7 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for GuardedIo<T> {
+impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -113,7 +140,32 @@ impl<T: AsyncWrite> AsyncWrite for GuardedIo<T> {
         self.project().inner.poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let mut this = self.project();
+        if this.linger.is_none() {
+            ready!(this.inner.as_mut().poll_shutdown(cx))?;
+            *this.linger = Some(Box::pin(tokio::time::sleep(*this.linger_for)));
+        }
+        // Drain until the client closes, the time is up or enough was discarded.
+        let mut scratch = [0u8; 8192];
+        loop {
+            if *this.linger_left == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match this.inner.as_mut().poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    *this.linger_left = this.linger_left.saturating_sub(buf.filled().len() as u64);
+                }
+                // A reset or any other error: the client is gone, nothing left to protect.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let timer = this.linger.as_mut().expect("set above");
+                    ready!(timer.as_mut().poll(cx));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 }
 
@@ -187,7 +239,7 @@ where
     H: Handler,
 {
     let guard = Arc::new(Mutex::new(HeadGuard::new(limits.max_header_bytes)));
-    let io = TokioIo::new(GuardedIo { inner: io, guard: guard.clone() });
+    let io = TokioIo::new(GuardedIo::new(io, guard.clone(), limits));
     let service = service_fn(move |req| {
         let (handler, guard, metrics) = (handler.clone(), guard.clone(), metrics.clone());
         async move { Ok::<_, Infallible>(one_request(&*handler, &guard, &metrics, req).await) }
