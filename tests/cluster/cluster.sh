@@ -245,6 +245,8 @@ load_config() {
   if [[ -f "$STATE/config.env" ]]; then
     # shellcheck disable=SC1091
     source "$STATE/config.env"
+    # (a config.env written before the node existed)
+    NODE="${NODE:-0}" POD_CIDR="${POD_CIDR:-10.244.0.0/16}" POD_GW="${POD_GW:-10.244.0.1}" DNS_IP="${DNS_IP:-10.96.0.10}"
   else
     resolve_config
   fi
