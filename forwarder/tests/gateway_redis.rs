@@ -151,3 +151,75 @@ async fn redis_down_is_a_503_with_retry_after() {
     assert!(a.message().contains("Redis"), "{}", a.message());
     assert!(!a.message().contains(&url), "no URL (it may hold a password)");
 }
+
+fn signal(redis: &Redis, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &redis.child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} redis-server");
+}
+
+/// Issue 12 item 9: Redis stops answering while a request settles. The charge is retried
+/// until Redis records it, and the run is refused (503, retry-after) until then, so the
+/// spend is neither lost nor outrun: a 1,000-token budget serves two 500-token answers,
+/// never three.
+#[tokio::test]
+async fn a_redis_pause_during_settlement_loses_no_spend() {
+    let s = Setup::new();
+    let Some(redis) = redis(s.tmp.path()).await else { return };
+    let usage = Usage { input_tokens: 300, output_tokens: 200, ..Default::default() };
+    let p = Provider::start_tcp(
+        "127.0.0.1:0".parse().unwrap(),
+        ProviderConfig { usage, event_delay: Duration::from_millis(100), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let flags = ["--state", redis.url.as_str(), "--rate-limit-per-minute", "0"];
+    let gw = Arc::new(s.gateway(&p.url().unwrap(), &flags).await);
+    let svid = s.svid("run-p");
+    let mut claims = trat_claims("run-p", "txn-pause");
+    claims["tctx"]["budget_tokens"] = json!(1000);
+    let trat = s.trat_key.sign(&claims);
+
+    // A streams for about a second; Redis stops while it runs and stays stopped past the
+    // gateway's 2 s Redis timeout, so A's settlement fails at least once.
+    let first = {
+        let (gw, svid, trat) = (gw.clone(), svid.clone(), trat.clone());
+        tokio::spawn(async move {
+            call(&gw, Some(&svid), Some(&trat), messages_body(true, 400, "go")).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&redis, "-STOP");
+    let a = first.await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    signal(&redis, "-CONT");
+
+    let mut answered = 1;
+    let mut waited = 0;
+    loop {
+        let b = call(&gw, Some(&svid), Some(&trat), messages_body(false, 400, "more")).await;
+        match b.status {
+            200 => answered += 1,
+            503 => {
+                assert!(b.header("retry-after").is_some(), "{}", b.text());
+                waited += 1;
+                assert!(waited < 100, "the run stayed refused: {}", b.text());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            429 => {
+                assert_eq!(b.header("x-should-retry"), Some("false"), "{}", b.text());
+                assert!(b.message().contains("1000 of 1000"), "{}", b.message());
+                break;
+            }
+            other => panic!("unexpected {other}: {}", b.text()),
+        }
+        assert!(answered <= 2, "{answered} answers of 500 tokens ran on a 1,000-token budget");
+    }
+    assert_eq!(answered, 2);
+    // Late or not, A's charge was recorded once, never twice.
+    let audit = audit_lines(&s.path("audit.log"), 2).await;
+    assert_eq!(audit.iter().filter(|l| l["status"] == 200).count(), 2);
+}

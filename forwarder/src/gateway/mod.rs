@@ -21,6 +21,7 @@ pub mod svid;
 pub use sanctum_common::tls;
 pub mod tokencache;
 pub mod trat;
+pub mod unsettled;
 pub mod usage;
 
 use std::net::SocketAddr;
@@ -212,6 +213,13 @@ impl admin::AdminState for Admin {
         );
         let _ = writeln!(
             out,
+            "# HELP sanctum_gateway_unsettled_charges Request charges the state store has not \
+             recorded yet (retrying; their runs are refused meanwhile).\n\
+             # TYPE sanctum_gateway_unsettled_charges gauge\nsanctum_gateway_unsettled_charges {}",
+            gw.unsettled.len()
+        );
+        let _ = writeln!(
+            out,
             "# HELP sanctum_gateway_audit_dropped_total Audit lines that could not be written.\n\
              # TYPE sanctum_gateway_audit_dropped_total counter\nsanctum_gateway_audit_dropped_total {}",
             gw.audit.dropped.load(std::sync::atomic::Ordering::Relaxed)
@@ -343,10 +351,22 @@ async fn main(args: Options) -> anyhow::Result<()> {
             let _ = rx.changed().await;
         }
     }));
-    server::serve(gw, listener, tls, limits, async {
+    server::serve(gw.clone(), listener, tls, limits, async {
         sanctum_common::proxy::server::shutdown_signal().await;
     })
     .await;
+    // Charges still being retried would be lost with the process: give them the grace
+    // period too.
+    let deadline = tokio::time::Instant::now() + limits.grace_period;
+    while !gw.unsettled.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !gw.unsettled.is_empty() {
+        tracing::error!(
+            charges = gw.unsettled.len(),
+            "exiting with budget charges the state store never recorded"
+        );
+    }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())

@@ -201,6 +201,19 @@ pub fn budget_busy(txn: &str, remaining: u64, reserved: u64) -> Rejection {
     )
 }
 
+/// Spend of this run that the state store has not recorded yet (it is being retried): its
+/// budget cannot be judged until then.
+pub fn settlement_pending(txn: &str) -> Rejection {
+    Rejection::new(
+        "settlement_pending",
+        ApiError::unavailable(format!(
+            "run txn '{txn}' has spend the gateway is still recording in its budget store \
+             (Redis did not answer); retry shortly"
+        ))
+        .retry(Retry::After(2)),
+    )
+}
+
 pub fn state_unavailable(e: &dyn std::fmt::Display) -> Rejection {
     Rejection::new(
         "state_unavailable",

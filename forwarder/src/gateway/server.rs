@@ -42,6 +42,7 @@ use super::state::State;
 use super::svid::{Identity, SvidPolicy, SvidTokenClaims};
 use super::tokencache::{TokenCache, digest};
 use super::trat::{TratError, TratPolicy};
+use super::unsettled::Unsettled;
 use super::usage::{self, SseUsage, Usage};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-sanctum-request-id");
@@ -80,6 +81,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub proxy_metrics: Arc<ProxyMetrics>,
     pub client: UpstreamClient,
+    /// Runs whose spend the state store has not recorded yet.
+    pub unsettled: Unsettled,
     svid_cache: TokenCache<Identity>,
     trat_cache: TokenCache<Arc<TratClaims>>,
 }
@@ -123,6 +126,7 @@ impl Gateway {
             metrics: Metrics::default(),
             proxy_metrics,
             client,
+            unsettled: Unsettled::default(),
             svid_cache: TokenCache::new(100_000, leeway),
             trat_cache: TokenCache::new(100_000, leeway),
         }
@@ -409,6 +413,9 @@ impl Gateway {
             reserved: 0,
         };
         if !counting {
+            if self.unsettled.holds(&trat.txn) {
+                return Err(reject::settlement_pending(&trat.txn));
+            }
             let limit = trat.tctx.budget_tokens.unwrap_or(self.settings.default_budget);
             let id = audit.request_id.clone();
             let input = budget::input_bound(body_len, self.settings.body_bytes_per_token);
@@ -561,13 +568,7 @@ impl Finish {
         }
         let settle = async move {
             if let Some(id) = &run.reservation {
-                let total = charged;
-                if let Err(error) =
-                    gw.state.settle(&run.txn, id, total, now_unix(), run.keep_until).await
-                {
-                    // The reservation expires by itself; the spend is logged for reconciling.
-                    tracing::error!(%error, txn = %run.txn, tokens = total, "budget settlement failed");
-                }
+                settle_until_recorded(&gw, &run, id, charged).await;
             }
             gw.audit.write(&audit);
         };
@@ -577,6 +578,33 @@ impl Finish {
             }
             Err(_) => tracing::error!("no runtime to settle a request on; budget not updated"),
         }
+    }
+}
+
+/// Records `charged` tokens for reservation `id`, retrying (200 ms doubling to 5 s) until the
+/// store takes it; meanwhile the run is held in [`Gateway::unsettled`] and refused new
+/// admissions. Retrying is safe: the store counts each reservation id once.
+async fn settle_until_recorded(gw: &Gateway, run: &Run, id: &str, charged: u64) {
+    let mut delay = Duration::from_millis(200);
+    let mut held = false;
+    loop {
+        match gw.state.settle(&run.txn, id, charged, now_unix(), run.keep_until).await {
+            Ok(_) => break,
+            Err(error) => {
+                if !held {
+                    held = true;
+                    gw.unsettled.hold(&run.txn);
+                    tracing::warn!(%error, txn = %run.txn, tokens = charged,
+                        "budget settlement failed; retrying, and refusing the run until it is recorded");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    if held {
+        gw.unsettled.release(&run.txn);
+        tracing::info!(txn = %run.txn, tokens = charged, "budget settlement recorded after retries");
     }
 }
 

@@ -1,8 +1,9 @@
 //! Budget and rate-limit state: in memory for one replica, or in Redis for several.
 //!
 //! Redis keys per run share the hash tag `{txn}` (one cluster slot): `sanctum:{txn}:spent`
-//! (hash: `spent`, `limit`), `sanctum:{txn}:resv` (hash: reservation id → `tokens:expires`)
-//! and `sanctum:{txn}:rate` (GCRA TAT, ms). Every decision is one Lua script, so it is atomic
+//! (hash: `spent`, `limit`), `sanctum:{txn}:resv` (hash: reservation id → `tokens:expires`),
+//! `sanctum:{txn}:done` (hash: reservation id → tokens charged, so that a settlement retried
+//! after a lost answer is counted once) and `sanctum:{txn}:rate` (GCRA TAT, ms). Every decision is one Lua script, so it is atomic
 //! across replicas; the rate script reads Redis' own clock, so replica clocks need not agree.
 //! Spent tokens live in Redis: a gateway restart loses none of them. Records expire an hour
 //! after the TraT's `exp` (no request can use them afterwards).
@@ -79,7 +80,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {admitted, tostring(spent), tostring(reserved)}
 ";
 
+// Idempotent: a settlement whose answer was lost (a timeout while Redis was paused) is
+// retried, and Redis may run both the late original and the retry.
 const SETTLE_LUA: &str = r"
+if redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 0 then
+  return tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+end
+redis.call('EXPIRE', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[1])
 local spent = redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -236,6 +243,7 @@ impl State {
     }
 
     /// Releases reservation `id` and adds `used` tokens. Returns the run's new total.
+    /// Idempotent per `id` in Redis, so a failed call may be retried.
     pub async fn settle(
         &self,
         txn: &str,
@@ -256,6 +264,7 @@ impl State {
                     .settle
                     .key(key(txn, "spent"))
                     .key(key(txn, "resv"))
+                    .key(key(txn, "done"))
                     .arg(id)
                     .arg(used)
                     .arg(keep)
