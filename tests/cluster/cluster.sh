@@ -740,7 +740,7 @@ write_node_config() {
 version = 4
 root = "$n/containerd/root"
 state = "$NODE_RUN/containerd"
-imports = []   # not the host's /etc/containerd/conf.d
+# (containerd also reads /etc/containerd/conf.d/*.toml whatever this says; none on these machines)
 
 [plugins."io.containerd.server.v1.grpc"]
   address = "$CTRD_SOCK"
