@@ -688,7 +688,7 @@ node_teardown_steps() {
   done
   # The kubelet's symlinks in /var/log/containers into our pod log dir.
   find /var/log/containers -maxdepth 1 -type l -lname "$st/*" -delete 2>/dev/null
-  rm -rf "$NODE_RUN/containerd" "$NODE_RUN/runc"
+  rm -rf --one-file-system "$NODE_RUN/containerd" "$NODE_RUN/runc"
   if [[ "$(cat "$NODE_MARK" 2>/dev/null)" == "$st" ]]; then rm -f "$NODE_MARK"; rmdir "$NODE_RUN" 2>/dev/null; fi
   rm -f "$st/node/sysctl.saved"
   return 0
