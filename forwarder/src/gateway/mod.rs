@@ -5,6 +5,7 @@
 //! One concept per module; `server` is the thin shell that wires them together.
 
 pub mod audit;
+pub mod body;
 pub mod budget;
 pub mod dlp;
 pub mod fields;
@@ -132,6 +133,18 @@ pub struct Options {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SANCTUM_MAX_BODY_BYTES", default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a client has to send its whole request body once the head has arrived; a
+    /// stalled body is answered 408 and its memory freed.
+    #[arg(long, env = "SANCTUM_BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
+    /// Request-body bytes one run may have in the gateway's memory at once (bodies being
+    /// read or forwarded); beyond it a request is answered 429 with retry-after.
+    #[arg(long, env = "SANCTUM_RUN_BODY_BYTES_IN_FLIGHT", default_value_t = 64 << 20)]
+    pub run_body_bytes_in_flight: usize,
+    /// Request-body bytes all runs together may have in memory at once; beyond it a request
+    /// is answered 503 with retry-after.
+    #[arg(long, env = "SANCTUM_BODY_BYTES_IN_FLIGHT", default_value_t = 256 << 20)]
+    pub body_bytes_in_flight: usize,
     /// Extra CA certificates (PEM) for the provider, JWKS and revoked-list URLs.
     #[arg(long, env = "SANCTUM_CA_FILE")]
     pub ca_file: Option<PathBuf>,
@@ -210,6 +223,12 @@ impl admin::AdminState for Admin {
             "# HELP sanctum_gateway_revoked_txns Revoked runs in the current list.\n\
              # TYPE sanctum_gateway_revoked_txns gauge\nsanctum_gateway_revoked_txns {}",
             gw.revocations.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sanctum_gateway_body_bytes_in_flight Request-body bytes held in memory.\n\
+             # TYPE sanctum_gateway_body_bytes_in_flight gauge\nsanctum_gateway_body_bytes_in_flight {}",
+            gw.inflight.held(None)
         );
         let _ = writeln!(
             out,
@@ -305,6 +324,7 @@ async fn main(args: Options) -> anyhow::Result<()> {
         reservation_ttl: args.reservation_ttl_secs.max(60),
         rate: RateLimit::per_minute(args.rate_limit_per_minute, args.rate_limit_burst),
         body_bytes_per_token: args.body_bytes_per_token,
+        body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
     };
     let gw = Arc::new(Gateway::new(
         settings,
@@ -318,6 +338,7 @@ async fn main(args: Options) -> anyhow::Result<()> {
         audit,
         proxy_metrics,
         client,
+        body::InFlight::new(args.run_body_bytes_in_flight, args.body_bytes_in_flight),
     ));
     {
         let gw = gw.clone();

@@ -4,6 +4,7 @@
 use http::StatusCode;
 use sanctum_common::error::{ApiError, ErrorKind, Retry};
 
+use super::body::ReadError;
 use super::jwks::{TypeError, VerifyError};
 use super::keys::KeyError;
 use super::svid::SvidError;
@@ -236,6 +237,40 @@ pub fn too_large(limit: usize) -> Rejection {
         )
         .retry(Retry::Never),
     )
+}
+
+/// A request body that could not be taken in (see [`super::body`]).
+pub fn body(e: &ReadError, txn: &str) -> Rejection {
+    match e {
+        ReadError::TooLarge(limit) => too_large(*limit),
+        ReadError::RunFull { .. } => too_many(
+            "body_run_in_flight",
+            format!(
+                "run txn '{txn}': {e}; retry when its other requests have been sent, or send \
+                 smaller conversations"
+            ),
+            Retry::After(2),
+        ),
+        ReadError::GatewayFull { .. } => Rejection::new(
+            "body_gateway_in_flight",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::OverloadedError,
+                format!("{e}; retry shortly"),
+            )
+            .retry(Retry::After(2)),
+        ),
+        ReadError::Timeout(_) => Rejection::new(
+            "body_timeout",
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorKind::InvalidRequestError,
+                format!("{e}; send the whole body promptly (check the network to the gateway)"),
+            )
+            .retry(Retry::After(1)),
+        ),
+        ReadError::Broken(_) => bad_request("body_read", format!("{e}; send it again")),
+    }
 }
 
 pub fn dlp_block(rule: &str, description: &str, offset: usize) -> Rejection {

@@ -16,7 +16,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -30,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use super::audit::{AuditLog, AuditRecord};
+use super::body::{Hold, InFlight};
 use super::budget::{self, Admission};
 use super::dlp::{Scanner, Verdict};
 use super::jwks::{TokenType, VerifyError};
@@ -66,6 +66,8 @@ pub struct Settings {
     pub rate: Option<RateLimit>,
     /// Body bytes counted as one input token when reserving (see [`budget::reservation`]).
     pub body_bytes_per_token: u64,
+    /// Time a client has to send its whole request body once its head has arrived.
+    pub body_read_timeout: Duration,
 }
 
 pub struct Gateway {
@@ -83,6 +85,8 @@ pub struct Gateway {
     pub client: UpstreamClient,
     /// Runs whose spend the state store has not recorded yet.
     pub unsettled: Unsettled,
+    /// Request-body bytes held in memory, per run and in all.
+    pub inflight: Arc<InFlight>,
     svid_cache: TokenCache<Identity>,
     trat_cache: TokenCache<Arc<TratClaims>>,
 }
@@ -95,6 +99,8 @@ struct Run {
     reservation: Option<String>,
     /// Tokens reserved for this request (0 when nothing was reserved).
     reserved: u64,
+    /// The request body's bytes in memory, released once it has been sent upstream.
+    body_hold: Option<Hold>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -111,6 +117,7 @@ impl Gateway {
         audit: AuditLog,
         proxy_metrics: Arc<ProxyMetrics>,
         client: UpstreamClient,
+        inflight: Arc<InFlight>,
     ) -> Self {
         let leeway = settings.svid.leeway;
         Self {
@@ -127,6 +134,7 @@ impl Gateway {
             proxy_metrics,
             client,
             unsettled: Unsettled::default(),
+            inflight,
             svid_cache: TokenCache::new(100_000, leeway),
             trat_cache: TokenCache::new(100_000, leeway),
         }
@@ -333,29 +341,25 @@ impl Gateway {
                  send it uncompressed",
             ));
         }
-        if let Some(len) = req
+        let declared = req
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            && len > self.settings.max_body as u64
-        {
-            return Err(reject::too_large(self.settings.max_body));
-        }
+            .and_then(|v| v.parse::<u64>().ok());
         let (mut parts, body) = req.into_parts();
-        let body = match http_body_util::Limited::new(body, self.settings.max_body).collect().await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(reject::too_large(self.settings.max_body));
-            }
-            Err(e) => {
-                return Err(reject::bad_request(
-                    "body_read",
-                    format!("the request body could not be read ({e}); send it again"),
-                ));
-            }
-        };
+        let mut hold = self.inflight.hold(&trat.txn);
+        let timeout = self.settings.body_read_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let body = super::body::read(
+            body,
+            declared,
+            self.settings.max_body,
+            deadline,
+            timeout.as_secs(),
+            &mut hold,
+        )
+        .await
+        .map_err(|e| reject::body(&e, &trat.txn))?;
         let fields = super::fields::read(&body).map_err(|e| {
             reject::bad_request(
                 "invalid_json",
@@ -411,6 +415,7 @@ impl Gateway {
             keep_until,
             reservation: None,
             reserved: 0,
+            body_hold: Some(hold),
         };
         if !counting {
             if self.unsettled.holds(&trat.txn) {
@@ -472,11 +477,14 @@ impl Gateway {
     async fn forward(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
-        run: Run,
+        mut run: Run,
         mut audit: AuditRecord,
         start: Instant,
     ) -> Response<GatewayBody> {
-        match self.client.send(req).await {
+        let sent = self.client.send(req).await;
+        // The provider has answered (or failed): the body is no longer held.
+        run.body_hold = None;
+        match sent {
             Ok(response) => {
                 let status = response.status();
                 audit.status = status.as_u16();
