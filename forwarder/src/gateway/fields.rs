@@ -1,5 +1,5 @@
 //! The few top-level fields of a Messages request the gateway needs (`model`, `max_tokens`,
-//! `stream`), read without parsing the whole body: the conversation (often 100 KB of string
+//! `stream`, and where `tools` and `mcp_servers` are for the request policy), read without parsing the whole body: the conversation (often 100 KB of string
 //! content) is skipped with `memchr` jumps from quote to quote, which is an order of
 //! magnitude faster than a full JSON parse. The provider parses the body fully; the gateway
 //! only has to agree with it on these fields, so a top-level key given twice — where parsers
@@ -12,7 +12,14 @@ pub struct Fields {
     pub model: Option<String>,
     pub max_tokens: Option<serde_json::Value>,
     pub stream: Option<serde_json::Value>,
+    /// Byte range of the raw `tools` value in the body.
+    pub tools: Option<std::ops::Range<usize>>,
+    /// Whether `mcp_servers` is given with a value other than `null` or `[]`.
+    pub mcp_servers: bool,
 }
+
+/// Top-level keys the gateway reads; each may appear once.
+const READ: &[&str] = &["model", "max_tokens", "stream", "tools", "mcp_servers"];
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FieldsError {
@@ -129,6 +136,10 @@ pub fn read(body: &[u8]) -> Result<Fields, FieldsError> {
             return Err(c.err());
         }
         c.i += 1;
+        let value_start = {
+            c.ws();
+            c.i
+        };
         let raw = c.value()?;
         if raw.is_empty() {
             return Err(c.err());
@@ -143,7 +154,7 @@ pub fn read(body: &[u8]) -> Result<Fields, FieldsError> {
         } else {
             String::from_utf8_lossy(key).into_owned()
         };
-        if matches!(key.as_str(), "model" | "max_tokens" | "stream") {
+        if READ.contains(&key.as_str()) {
             if !seen.insert(key.clone()) {
                 return Err(FieldsError::Duplicate(key));
             }
@@ -158,6 +169,14 @@ pub fn read(body: &[u8]) -> Result<Fields, FieldsError> {
                         serde_json::from_slice(raw)
                             .map_err(|_| FieldsError::BadValue("max_tokens"))?,
                     );
+                }
+                "tools" => fields.tools = Some(value_start..value_start + raw.len()),
+                "mcp_servers" => {
+                    let empty = raw == b"null"
+                        || raw.strip_prefix(b"[").and_then(|r| r.strip_suffix(b"]")).is_some_and(
+                            |inner| inner.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')),
+                        );
+                    fields.mcp_servers = !empty;
                 }
                 _ => {
                     fields.stream = Some(
@@ -200,6 +219,17 @@ mod tests {
         let f = read(b" { \"max_tokens\" : 5 , \"x\":null } \n").unwrap();
         assert_eq!(f.max_tokens, Some(json!(5)));
         assert_eq!(read(b"{}").unwrap(), Fields::default());
+        let body =
+            br#"{"tools": [{"type":"web_search_20250305"}] ,"mcp\u005fservers":[{"url":"u"}]}"#;
+        let f = read(body).unwrap();
+        assert_eq!(&body[f.tools.unwrap()], br#"[{"type":"web_search_20250305"}]"#);
+        assert!(f.mcp_servers);
+        assert!(!read(br#"{"mcp_servers":[ ]}"#).unwrap().mcp_servers);
+        assert!(!read(br#"{"mcp_servers":null}"#).unwrap().mcp_servers);
+        assert_eq!(
+            read(br#"{"tools":[],"tools":[{"type":"web_fetch_20250910"}]}"#),
+            Err(FieldsError::Duplicate("tools".into()))
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod fields;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
+pub mod policy;
 pub mod ratelimit;
 pub mod reject;
 pub mod revocation;
@@ -100,6 +101,16 @@ pub struct Options {
     /// revocation is enforced (tokens still expire).
     #[arg(long, env = "SANCTUM_REVOKED_URL")]
     pub revoked_url: Option<String>,
+    /// Gateway config file (YAML; unknown keys are refused): the per-org request policy.
+    /// Keys: `default:` (every org not listed) and `orgs: {<org_id>: …}`, each with
+    /// `models` (allowed `model` values, '*' matches any characters; default ['*']),
+    /// `betas` (allowed anthropic-beta values; default ['*']) and `serverTools`
+    /// (provider-side tools allowed: `mcp_servers`, or a tool type without its date such as
+    /// `web_search`, `web_fetch`, `code_execution`; default none). An org entry's missing
+    /// keys come from `default:`. Refusals are 403 with x-should-retry: false. Only the
+    /// query string `?beta=true` is passed to the provider.
+    #[arg(long, env = "SANCTUM_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Health, readiness and metrics address.
     #[arg(long, env = "SANCTUM_ADMIN_LISTEN", default_value = "0.0.0.0:9083")]
     pub admin_listen: SocketAddr,
@@ -269,6 +280,10 @@ async fn main(args: Options) -> anyhow::Result<()> {
         None => None,
     };
     let dlp = Scanner::new(args.dlp_action, rules.as_ref())?;
+    let policy = match &args.config {
+        Some(path) => policy::Policies::new(&policy::PolicyFile::load(path)?),
+        None => policy::Policies::default(),
+    };
     let state = State::from_url(&args.state)?;
     let limits = Limits::default();
     let proxy_metrics = Arc::new(ProxyMetrics::new("sanctum_gateway_proxy"));
@@ -325,6 +340,7 @@ async fn main(args: Options) -> anyhow::Result<()> {
         rate: RateLimit::per_minute(args.rate_limit_per_minute, args.rate_limit_burst),
         body_bytes_per_token: args.body_bytes_per_token,
         body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
+        policy,
     };
     let gw = Arc::new(Gateway::new(
         settings,

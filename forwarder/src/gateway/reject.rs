@@ -7,6 +7,7 @@ use sanctum_common::error::{ApiError, ErrorKind, Retry};
 use super::body::ReadError;
 use super::jwks::{TypeError, VerifyError};
 use super::keys::KeyError;
+use super::policy::PolicyError;
 use super::svid::SvidError;
 use super::trat::TratError;
 
@@ -271,6 +272,20 @@ pub fn body(e: &ReadError, txn: &str) -> Rejection {
         ),
         ReadError::Broken(_) => bad_request("body_read", format!("{e}; send it again")),
     }
+}
+
+/// The org's request policy refused the request: a 403 a retry cannot fix.
+pub fn policy(e: &PolicyError) -> Rejection {
+    if matches!(e, PolicyError::BadTools) {
+        return bad_request(e.reason(), format!("{e}; send a Messages API request"));
+    }
+    Rejection::new(
+        e.reason(),
+        ApiError::forbidden(format!(
+            "{e}; the gateway's per-org request policy (--config) decides this, ask the \
+             platform team to change it"
+        )),
+    )
 }
 
 pub fn dlp_block(rule: &str, description: &str, offset: usize) -> Rejection {

@@ -35,6 +35,7 @@ use super::dlp::{Scanner, Verdict};
 use super::jwks::{TokenType, VerifyError};
 use super::keys::ProviderKeys;
 use super::metrics::Metrics;
+use super::policy::{self, Asked, Policies};
 use super::ratelimit::{RateDecision, RateLimit};
 use super::reject::{self, Rejection};
 use super::sources::{Fetcher, JwksSource, RevocationStatus, Revocations};
@@ -45,6 +46,7 @@ use super::trat::{TratError, TratPolicy};
 use super::unsettled::Unsettled;
 use super::usage::{self, SseUsage, Usage};
 
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-sanctum-request-id");
 /// Non-streaming responses larger than this are passed on but not parsed for usage.
 const MAX_JSON_USAGE: usize = 8 << 20;
@@ -68,6 +70,8 @@ pub struct Settings {
     pub body_bytes_per_token: u64,
     /// Time a client has to send its whole request body once its head has arrived.
     pub body_read_timeout: Duration,
+    /// Per-org request policy (models, betas, provider-side tools).
+    pub policy: Policies,
 }
 
 pub struct Gateway {
@@ -381,6 +385,31 @@ impl Gateway {
                 },
             )?
         };
+
+        // The org's request policy: models, betas, provider-side tools.
+        let mut betas = Vec::new();
+        for value in parts.headers.get_all(ANTHROPIC_BETA) {
+            let value = value.to_str().map_err(|_| {
+                reject::bad_request(
+                    "invalid_beta",
+                    "the anthropic-beta header is not visible ASCII; send beta names only",
+                )
+            })?;
+            betas.extend(value.split(',').map(str::trim).filter(|b| !b.is_empty()));
+        }
+        let asked = Asked {
+            model: fields.model.as_deref(),
+            betas,
+            tools: fields.tools.clone().map(|r| &body[r]),
+            mcp_servers: fields.mcp_servers,
+        };
+        self.settings.policy.check(&trat.tctx.org_id, &asked).map_err(|e| reject::policy(&e))?;
+        // The query string is not the agent's to choose: only `beta=true` goes on.
+        let target = match policy::upstream_query(parts.uri.query()) {
+            Some(q) => format!("{}?{q}", parts.uri.path()),
+            None => parts.uri.path().to_owned(),
+        };
+        parts.uri = target.parse().map_err(|_| reject::not_found("POST", parts.uri.path()))?;
 
         let body_len = body.len();
         let body = match self.dlp.scan(&body) {
