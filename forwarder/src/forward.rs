@@ -43,6 +43,11 @@ pub struct Args {
     /// Longest silence, in seconds, inside a request or response body (no total deadline).
     #[arg(long, env = "SANCTUM_BODY_IDLE_TIMEOUT", default_value_t = 300)]
     pub body_idle_timeout: u64,
+    /// Seconds an idle pooled connection to the gateway is kept (fractions allowed). Keep it
+    /// below the gateway's keep-alive timeout (60 s for sanctum-gateway), so the forwarder
+    /// drops a connection before the gateway closes it under a request.
+    #[arg(long, env = "SANCTUM_POOL_IDLE_TIMEOUT", default_value_t = 50.0, value_parser = positive_secs)]
+    pub pool_idle_timeout: f64,
     /// Seconds in-flight streams may finish after SIGTERM.
     #[arg(long, env = "SANCTUM_GRACE_PERIOD", default_value_t = 30)]
     pub grace_period: u64,
@@ -52,6 +57,13 @@ pub struct Args {
     /// Log format: auto (JSON unless a terminal), json or text.
     #[arg(long, env = "SANCTUM_LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
 }
 
 struct Forward {
@@ -106,6 +118,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(args.connect_timeout),
         body_idle_timeout: Duration::from_secs(args.body_idle_timeout),
         grace_period: Duration::from_secs(args.grace_period),
+        pool_idle_timeout: Duration::from_secs_f64(args.pool_idle_timeout),
         ..Limits::default()
     };
     let mut upstream = Upstream::url(&args.upstream).context("--upstream")?;

@@ -365,3 +365,138 @@ async fn https_upstream_with_ca_file() {
         .expect("bad CA file");
     assert!(err.contains("bad.pem"), "{err}");
 }
+
+/// Writes a `len`-byte body to the forwarder's socket while reading the answer, as a
+/// client that is answered before it finished uploading. Returns the status and body.
+async fn upload_while_reading(socket: &Path, len: usize) -> (u16, String) {
+    let stream = UnixStream::connect(socket).await.expect("connect to the forwarder socket");
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {len}\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            wr.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let answer = loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), rd.read(&mut buf))
+            .await
+            .expect("an answer in 30 s")
+            .expect("read the answer");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok());
+            if length.is_some_and(|l| body.len() >= l) {
+                break (head[9..12].parse().unwrap(), body.to_owned());
+            }
+        }
+        assert!(n > 0, "closed before a complete answer: {text:?}");
+    };
+    writer.abort();
+    answer
+}
+
+/// Issue 13 item 1, against an upstream with no lingering close: it answers 413 from the
+/// head and closes with the body unread (the kernel resets the connection). The forwarder,
+/// still sending the 33 MiB body, stops sending and relays that 413 — never a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_from_an_upstream_that_stops_reading_is_relayed() {
+    use sanctum_testkit::misbehave::{Fault, Misbehaving};
+    let upstream = Misbehaving::start(Fault::RefuseFromHead { status: 413 }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fwd = spawn(&dir.path().join("llm.sock"), &upstream.url(), &[]).unwrap();
+    for attempt in 0..20 {
+        let (status, body) = upload_while_reading(&fwd.socket, 33 << 20).await;
+        assert_eq!(status, 413, "try {attempt}: {body}");
+        assert!(body.contains("refused from the head with 413"), "{body}");
+    }
+}
+
+/// Issue 13 item 3: an SSE answer framed with `Transfer-Encoding: chunked` and a
+/// `Content-Length` of its first event. Chunked wins (RFC 9112 §6.3): the client gets the
+/// whole stream, up to `message_stop`, and no `Content-Length`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_wins_over_a_conflicting_content_length() {
+    use sanctum_testkit::misbehave::{Fault, Misbehaving};
+    let upstream = Misbehaving::start(Fault::ConflictingFraming).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fwd = spawn(&dir.path().join("llm.sock"), &upstream.url(), &[]).unwrap();
+    let reply = send(&fwd.socket, &messages_request(true, "")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(!reply.head.contains("content-length"), "{}", reply.head);
+    for event in ["message_start", "content_block_delta", "message_delta", "message_stop"] {
+        assert!(reply.body.contains(&format!("event: {event}")), "{event} missing: {}", reply.body);
+    }
+}
+
+/// Sends `count` requests, each `gap` after the previous answer (a connection's idle
+/// time), and returns the statuses that were not 200.
+async fn spaced_requests(socket: &Path, count: usize, gap: Duration) -> Vec<(usize, u16, String)> {
+    let mut failed = Vec::new();
+    for i in 0..count {
+        // A little jitter around the gap, so some tries meet the upstream's close.
+        tokio::time::sleep(gap + Duration::from_millis((i % 4) as u64)).await;
+        let reply = send(socket, &messages_request(false, "")).await;
+        if reply.status != 200 {
+            failed.push((i, reply.status, reply.body));
+        }
+    }
+    failed
+}
+
+/// Issue 13 item 2: an upstream that closes keep-alive connections idle for 300 ms, and a
+/// forwarder whose pool keeps them longer (the field's 90 s against 60 s, shortened).
+/// Requests sent just after the upstream closed: a request that finds its pooled
+/// connection closed before any byte of it left goes out on a new connection, so none
+/// fails. (A request already written when the close crosses it on the wire is not sent
+/// again — the upstream may have seen it; the pool's shorter idle time, tested below,
+/// is what avoids that race. The detection itself is pinned by the unit tests of
+/// `sanctum_common::proxy::upstream_io`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_the_upstream_closed_is_sent_again() {
+    use sanctum_testkit::misbehave::{Fault, Misbehaving};
+    let idle = Duration::from_millis(300);
+    let upstream = Misbehaving::start(Fault::CloseIdleAfter(idle)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fwd = spawn(&dir.path().join("llm.sock"), &upstream.url(), &["--pool-idle-timeout", "60"])
+        .unwrap();
+    let failed = spaced_requests(&fwd.socket, 24, idle + Duration::from_millis(25)).await;
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert_eq!(upstream.requests(), 24, "each request reached the upstream once");
+}
+
+/// Issue 13 item 2: with the pool's idle time under the upstream's, a connection is
+/// dropped by the forwarder before the upstream closes it: no request meets a closed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_drops_idle_connections_before_the_upstream_does() {
+    use sanctum_testkit::misbehave::{Fault, Misbehaving};
+    let idle = Duration::from_millis(400);
+    let upstream = Misbehaving::start(Fault::CloseIdleAfter(idle)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fwd = spawn(&dir.path().join("llm.sock"), &upstream.url(), &["--pool-idle-timeout", "0.2"])
+        .unwrap();
+    let failed = spaced_requests(&fwd.socket, 12, idle).await;
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert_eq!(upstream.requests(), 12);
+    assert_eq!(upstream.connections(), 12, "every idle connection was dropped by the pool");
+    // Back to back, the connection is reused.
+    for _ in 0..3 {
+        assert_eq!(send(&fwd.socket, &messages_request(false, "")).await.status, 200);
+    }
+    assert_eq!(upstream.connections(), 12, "kept-alive connections are reused");
+}

@@ -7,6 +7,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -41,9 +42,70 @@ pub struct ProxyBody {
 enum Kind {
     Stream(Incoming),
     Full(Option<Bytes>),
+    /// A reader of a [`Replay`]: the frames kept so far from `pos` on, then the source.
+    Replay {
+        shared: Arc<Mutex<ReplayState>>,
+        pos: usize,
+    },
+}
+
+/// The shared state of a replayable body: its source and the data frames read from it so
+/// far, while they fit in the cap.
+struct ReplayState {
+    source: ProxyBody,
+    kept: Vec<Bytes>,
+    kept_bytes: usize,
+    cap: usize,
+    /// Frames were read that are not kept (over the cap, trailers, or released): the
+    /// body can no longer be started again.
+    lost: bool,
+}
+
+/// A handle to restart a body made with [`ProxyBody::replayable`].
+pub struct Replay {
+    shared: Arc<Mutex<ReplayState>>,
+}
+
+impl Replay {
+    /// A new reader that yields every frame from the start (the kept frames, then the rest
+    /// of the source); `None` when frames were read that were not kept.
+    pub fn restart(&self) -> Option<ProxyBody> {
+        let state = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.lost {
+            return None;
+        }
+        drop(state);
+        Some(ProxyBody::kind(Kind::Replay { shared: self.shared.clone(), pos: 0 }))
+    }
+
+    /// Stops keeping frames and frees the kept ones: no restart is needed any more.
+    pub fn release(&self) {
+        let mut state = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        state.lost = true;
+        state.kept = Vec::new();
+    }
 }
 
 impl ProxyBody {
+    fn kind(kind: Kind) -> Self {
+        Self { kind, idle: None, idle_for: Duration::ZERO, in_flight: None }
+    }
+
+    /// This body, readable again from the start through the returned [`Replay`] as long as
+    /// at most `cap` bytes of it were read (the frames are kept, not copied: `Bytes` are
+    /// reference-counted). Used to send a request again when it provably never left.
+    pub fn replayable(self, cap: usize) -> (Self, Replay) {
+        let shared = Arc::new(Mutex::new(ReplayState {
+            source: self,
+            kept: Vec::new(),
+            kept_bytes: 0,
+            cap,
+            lost: false,
+        }));
+        let body = Self::kind(Kind::Replay { shared: shared.clone(), pos: 0 });
+        (body, Replay { shared })
+    }
+
     /// An empty body.
     pub fn empty() -> Self {
         Self::full(Bytes::new())
@@ -74,7 +136,13 @@ impl ProxyBody {
 
     /// True for a body that is streamed from a connection (not held in memory).
     pub fn is_streaming(&self) -> bool {
-        matches!(self.kind, Kind::Stream(_))
+        match &self.kind {
+            Kind::Stream(_) => true,
+            Kind::Full(_) => false,
+            Kind::Replay { shared, .. } => {
+                shared.lock().unwrap_or_else(PoisonError::into_inner).source.is_streaming()
+            }
+        }
     }
 }
 
@@ -113,6 +181,28 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Replay { shared, pos } => {
+                let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(kept) = state.kept.get(*pos) {
+                    *pos += 1;
+                    return Poll::Ready(Some(Ok(Frame::data(kept.clone()))));
+                }
+                let frame = ready!(Pin::new(&mut state.source).poll_frame(cx));
+                if let Some(Ok(frame)) = &frame {
+                    match frame.data_ref() {
+                        Some(data) if !state.lost && state.kept_bytes + data.len() <= state.cap => {
+                            state.kept_bytes += data.len();
+                            state.kept.push(data.clone());
+                            *pos += 1;
+                        }
+                        _ => {
+                            state.lost = true;
+                            state.kept = Vec::new();
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
             Kind::Stream(incoming) => match Pin::new(incoming).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     if let Some(idle) = this.idle.as_mut() {
@@ -135,6 +225,10 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Stream(incoming) => incoming.is_end_stream(),
+            Kind::Replay { shared, pos } => {
+                let state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                *pos >= state.kept.len() && state.source.is_end_stream()
+            }
         }
     }
 
@@ -142,6 +236,19 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream(incoming) => incoming.size_hint(),
+            Kind::Replay { shared, pos } => {
+                // What this reader has still to yield: the kept frames after `pos`, then
+                // what the source has left (hyper counts a Content-Length body down).
+                let state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                let kept: u64 = state.kept.iter().skip(*pos).map(|b| b.len() as u64).sum();
+                let rest = state.source.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + kept);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + kept);
+                }
+                hint
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::hop::strip_hop_by_hop;
 use crate::proxy::limits::Limits;
 use crate::proxy::metrics::{ProxyMetrics, UpstreamErrorKind};
+use crate::proxy::upstream_io::{ConnMark, TrackConnector};
 
 /// Where requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,9 +176,14 @@ impl tower_service::Service<Uri> for UnixConnector {
 }
 
 enum Kind {
-    Unix(Client<UnixConnector, ProxyBody>),
-    Url(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+    Unix(Client<TrackConnector<UnixConnector>, ProxyBody>),
+    Url(Client<TrackConnector<HttpsConnector<HttpConnector>>, ProxyBody>),
 }
+
+/// Most request-body bytes kept for a second try (see [`UpstreamClient::send`]). A request
+/// that never left cannot have had more read than hyper buffers before its first write
+/// (twice the head limit), so this loses no retry; it only bounds the memory.
+const REPLAY_CAP: usize = 256 * 1024;
 
 /// A pooled HTTP/1.1 client to one upstream. Cheap to share (`Arc` it or clone the
 /// [`Client`] inside); connections are kept alive and reused.
@@ -212,7 +218,7 @@ impl UpstreamClient {
                     path: Arc::from(path.as_path()),
                     timeout: limits.connect_timeout,
                 };
-                (Kind::Unix(builder.build(connector)), None)
+                (Kind::Unix(builder.build(TrackConnector(connector))), None)
             }
             Upstream::Url { authority, ca, .. } => {
                 let mut http = HttpConnector::new();
@@ -228,7 +234,7 @@ impl UpstreamClient {
                 let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
                     UpstreamError::Tls("the upstream host is not a valid header".into())
                 })?;
-                (Kind::Url(builder.build(https)), Some(host))
+                (Kind::Url(builder.build(TrackConnector(https))), Some(host))
             }
         };
         let target = upstream.describe();
@@ -248,6 +254,18 @@ impl UpstreamClient {
     /// query, other headers and body pass unchanged, except that for a URL upstream the
     /// path gets the URL's prefix and `Host` becomes the upstream's authority. Bodies get
     /// the idle timeout of the [`Limits`]. Failures are counted in the metrics.
+    ///
+    /// A response framed with `Transfer-Encoding` loses any `Content-Length` it also
+    /// carries (RFC 9112 §6.3: the transfer coding wins, and a length passed on would make
+    /// the next hop cut the stream short).
+    ///
+    /// Sent once more, on a new connection, when it failed on a reused connection before
+    /// any byte of it was written (the server had closed the idle connection: it cannot
+    /// have seen the request), as long as at most 256 KiB of its body had been read.
+    /// If the server answers while the body is still being sent and stops reading it, the
+    /// rest of the body is discarded and the answer returned (see [`upstream_io`]).
+    ///
+    /// [`upstream_io`]: crate::proxy::upstream_io
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
@@ -258,22 +276,30 @@ impl UpstreamClient {
             req.headers_mut().insert(HOST, host.clone());
         }
         let idle = self.limits.body_idle_timeout;
-        let req = req.map(|b| b.idle_timeout(idle));
-        let future = match &self.kind {
-            Kind::Unix(client) => client.request(req),
-            Kind::Url(client) => client.request(req),
-        };
-        let result = match tokio::time::timeout(self.limits.response_head_timeout, future).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(self.classify(&error)),
-            Err(_) => Err(UpstreamError::ResponseTimeout {
-                target: self.target.clone(),
-                secs: self.limits.response_head_timeout.as_secs(),
-            }),
-        };
-        match result {
+        let (parts, body) = req.into_parts();
+        let (body, replay) = body.idle_timeout(idle).replayable(REPLAY_CAP);
+        let (method, uri, version, headers) =
+            (parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone());
+        let deadline = tokio::time::Instant::now() + self.limits.response_head_timeout;
+        let mut result = self.send_once(Request::from_parts(parts, body), deadline).await;
+        if let Err((_, true)) = &result
+            && let Some(body) = replay.restart()
+        {
+            tracing::debug!(target = %self.target, "reused connection was closed before the request left; sending it again on a new one");
+            let mut again = Request::new(body);
+            *again.method_mut() = method;
+            *again.uri_mut() = uri;
+            *again.version_mut() = version;
+            *again.headers_mut() = headers;
+            result = self.send_once(again, deadline).await;
+        }
+        replay.release();
+        match result.map_err(|(error, _)| error) {
             Ok(response) => {
                 let mut response = response.map(|b| ProxyBody::from(b).idle_timeout(idle));
+                if response.headers().contains_key(http::header::TRANSFER_ENCODING) {
+                    response.headers_mut().remove(http::header::CONTENT_LENGTH);
+                }
                 strip_hop_by_hop(response.headers_mut());
                 Ok(response)
             }
@@ -281,6 +307,38 @@ impl UpstreamClient {
                 self.metrics.upstream_error(error.kind());
                 Err(error)
             }
+        }
+    }
+
+    /// One try; the error comes with `true` when the request provably never left (a
+    /// reused connection found closed before its first byte).
+    async fn send_once(
+        &self,
+        mut req: Request<ProxyBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<hyper::body::Incoming>, (UpstreamError, bool)> {
+        let capture = hyper_util::client::legacy::connect::capture_connection(&mut req);
+        let future = match &self.kind {
+            Kind::Unix(client) => client.request(req),
+            Kind::Url(client) => client.request(req),
+        };
+        match tokio::time::timeout_at(deadline, future).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                let mut extras = http::Extensions::new();
+                if let Some(connected) = capture.connection_metadata().as_ref() {
+                    connected.get_extras(&mut extras);
+                }
+                let unsent = extras.get::<ConnMark>().is_some_and(|mark| mark.0.unsent());
+                Err((self.classify(&error), unsent))
+            }
+            Err(_) => Err((
+                UpstreamError::ResponseTimeout {
+                    target: self.target.clone(),
+                    secs: self.limits.response_head_timeout.as_secs(),
+                },
+                false,
+            )),
         }
     }
 

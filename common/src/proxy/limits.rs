@@ -23,7 +23,9 @@ pub struct Limits {
     /// Longest gap between two body frames, in either direction. The Messages API sends
     /// `ping` events during long turns, so a stream silent this long is dead. Default 5 min.
     pub body_idle_timeout: Duration,
-    /// How long an idle pooled upstream connection is kept. Default 90 s.
+    /// How long an idle pooled upstream connection is kept. Default 50 s: it must be
+    /// shorter than the upstream's keep-alive timeout (ours is `header_read_timeout`, 60 s),
+    /// or a request can be sent on a connection the upstream is closing at that moment.
     pub pool_idle_timeout: Duration,
     /// Most idle pooled connections kept per upstream. Default 64.
     pub pool_max_idle: usize,
@@ -46,7 +48,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             response_head_timeout: Duration::from_secs(600),
             body_idle_timeout: Duration::from_secs(300),
-            pool_idle_timeout: Duration::from_secs(90),
+            pool_idle_timeout: Duration::from_secs(50),
             pool_max_idle: 64,
             grace_period: Duration::from_secs(30),
             linger_timeout: Duration::from_secs(5),

@@ -8,6 +8,7 @@
 //! | [`body`] | [`ProxyBody`]: the one body type on both sides, streaming frame by frame with an idle (not total) timeout |
 //! | [`limits`] | [`Limits`]: every size cap and timeout in one place, with the defaults the binaries use |
 //! | [`client`] | [`UpstreamClient`]: a pooled keep-alive hyper client over a Unix socket or over TCP/TLS (rustls, system roots plus an optional CA file) |
+//! | [`upstream_io`] | the wrapper around each upstream connection: an early answer is read even when the server stopped reading the body; a reused connection the server closed is detected before the request leaves, so it can be sent again |
 //! | [`server`] | [`serve`]: the accept loop (TCP or Unix) with the head guard, metrics and graceful shutdown; [`server::serve_connection`] for connections the caller accepts itself (TLS); [`server::shutdown_signal`] |
 //! | [`metrics`] | [`ProxyMetrics`]: requests by status, upstream errors, in-flight, latency histogram, as Prometheus text |
 //! | [`listen`] | binding helpers: loopback-only TCP, owner-only Unix sockets replacing a stale one |
@@ -47,8 +48,9 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod server;
+pub mod upstream_io;
 
-pub use body::{BodyError, ProxyBody};
+pub use body::{BodyError, ProxyBody, Replay};
 pub use client::{ExtraCa, Upstream, UpstreamClient, UpstreamError};
 pub use guard::{HeadError, HeadGuard};
 pub use limits::Limits;

@@ -42,6 +42,7 @@
 pub mod bridge;
 pub mod clients;
 pub mod jwt;
+pub mod misbehave;
 pub mod review;
 pub mod sse;
 
