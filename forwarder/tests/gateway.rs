@@ -25,7 +25,7 @@ fn assert_never_retry(a: &Answer) {
 async fn forwards_with_the_org_key_and_nothing_else() {
     let s = Setup::new();
     let p = provider(ProviderConfig::default()).await;
-    let gw = s.gateway(&p.url().unwrap(), &[]).await;
+    let gw = s.gateway(&p.url().unwrap(), &["--metrics-tenant-labels"]).await;
     let (svid, trat) = (s.svid("run-1"), s.trat("run-1", "txn-1"));
 
     let a = call(&gw, Some(&svid), Some(&trat), messages_body(false, 100, "hi")).await;
@@ -70,6 +70,13 @@ async fn forwards_with_the_org_key_and_nothing_else() {
     assert!(m.contains(
         "sanctum_gateway_run_tokens_total{txn=\"txn-1\",org=\"acme\",kind=\"output\"} 24"
     ));
+    // Without --metrics-tenant-labels, /metrics names no org and no run (issue 12 item 17).
+    let quiet = s.gateway(&p.url().unwrap(), &[]).await;
+    let a = call(&quiet, Some(&svid), Some(&trat), messages_body(false, 100, "hi")).await;
+    assert_eq!(a.status, 200);
+    let m = quiet.metrics().await;
+    assert!(m.contains("sanctum_gateway_tokens_total{kind=\"input\"} 25"), "{m}");
+    assert!(!m.contains("acme") && !m.contains("txn-1") && !m.contains("run-1"), "{m}");
     // HEAD / is answered without credentials and reveals nothing.
     let head = send(http::Request::head(gw.url("/")).body(Full::new(Bytes::new())).unwrap()).await;
     assert_eq!(head.status, 200);

@@ -1,6 +1,8 @@
-//! Gateway metrics in Prometheus text: requests by status, rejections by reason, tokens per
-//! org and per run. Per-run series are dropped once the run's TraT has expired, so their
-//! number stays bounded by the runs alive.
+//! Gateway metrics in Prometheus text: requests by status, rejections by reason, tokens in
+//! all, and — only with `--metrics-tenant-labels` — tokens per org and per run. Anyone who
+//! can reach the admin port reads these, so org ids, run ids and each org's usage are off
+//! by default (issue 12 item 17). Per-run series are dropped once the run's TraT has
+//! expired, so their number stays bounded by the runs alive.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -33,6 +35,7 @@ struct Inner {
     by_status: BTreeMap<u16, u64>,
     rejections: BTreeMap<&'static str, u64>,
     dlp: BTreeMap<(String, &'static str), u64>,
+    all: Tokens,
     orgs: BTreeMap<String, Tokens>,
     runs: HashMap<String, (String, Tokens, u64)>, // txn → (org, tokens, keep until)
 }
@@ -40,6 +43,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Whether per-org and per-run series (tenant labels) are kept and rendered.
+    pub tenant_labels: bool,
     pub in_flight: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -51,6 +56,11 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
+    /// Metrics with or without per-org and per-run series.
+    pub fn new(tenant_labels: bool) -> Self {
+        Self { tenant_labels, ..Self::default() }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -69,6 +79,10 @@ impl Metrics {
 
     pub fn tokens(&self, org: &str, txn: &str, keep_until: u64, usage: &Usage) {
         let mut inner = self.lock();
+        inner.all.add(usage);
+        if !self.tenant_labels {
+            return;
+        }
         inner.orgs.entry(org.to_owned()).or_default().add(usage);
         let run = inner
             .runs
@@ -111,6 +125,23 @@ impl Metrics {
                 ("cache_read", t.cache_read),
             ]
         };
+        out.push_str("# HELP sanctum_gateway_tokens_total Tokens used, by kind.\n");
+        out.push_str("# TYPE sanctum_gateway_tokens_total counter\n");
+        for (kind, n) in kinds(&inner.all) {
+            let _ = writeln!(out, "sanctum_gateway_tokens_total{{kind=\"{kind}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sanctum_gateway_settled_requests_total Settled requests.\n\
+             # TYPE sanctum_gateway_settled_requests_total counter\n\
+             sanctum_gateway_settled_requests_total {}",
+            inner.all.requests
+        );
+        if !self.tenant_labels {
+            drop(inner);
+            self.render_gauges(out);
+            return;
+        }
         out.push_str("# HELP sanctum_gateway_org_tokens_total Tokens used, by org and kind.\n");
         out.push_str("# TYPE sanctum_gateway_org_tokens_total counter\n");
         for (org, t) in &inner.orgs {
@@ -147,6 +178,10 @@ impl Metrics {
             }
         }
         drop(inner);
+        self.render_gauges(out);
+    }
+
+    fn render_gauges(&self, out: &mut String) {
         for (name, help, v) in [
             ("sanctum_gateway_in_flight", "Requests being served now.", &self.in_flight),
             (
@@ -180,8 +215,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_and_prunes() {
+    fn tenant_labels_are_off_by_default() {
         let m = Metrics::default();
+        m.tokens("acme", "txn-1", 100, &Usage { input_tokens: 5, ..Default::default() });
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("sanctum_gateway_tokens_total{kind=\"input\"} 5"), "{out}");
+        assert!(out.contains("sanctum_gateway_in_flight 0"), "{out}");
+        assert!(!out.contains("acme") && !out.contains("txn-1"), "{out}");
+    }
+
+    #[test]
+    fn renders_and_prunes() {
+        let m = Metrics::new(true);
         m.request(200);
         m.rejection("svid_expired");
         m.dlp("jwt", "block");

@@ -111,9 +111,16 @@ pub struct Options {
     /// query string `?beta=true` is passed to the provider.
     #[arg(long, env = "SANCTUM_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Health, readiness and metrics address.
-    #[arg(long, env = "SANCTUM_ADMIN_LISTEN", default_value = "0.0.0.0:9083")]
+    /// Health, readiness and metrics address: a port apart from --listen, loopback only by
+    /// default because /metrics tells anyone who reaches it what the gateway serves. In a
+    /// pod, set it to 0.0.0.0:PORT for the kubelet's probes (it dials the pod IP) and keep
+    /// the port out of the gateway's Service and NetworkPolicy ingress.
+    #[arg(long, env = "SANCTUM_ADMIN_LISTEN", default_value = "127.0.0.1:9083")]
     pub admin_listen: SocketAddr,
+    /// Label token metrics with org and run ids (sanctum_gateway_org_*,
+    /// sanctum_gateway_run_tokens_total). Off: /metrics shows totals only, no tenant names.
+    #[arg(long, env = "SANCTUM_METRICS_TENANT_LABELS")]
+    pub metrics_tenant_labels: bool,
 
     /// JWT-SVID subjects allowed; '*' matches one path segment. Repeat or comma-separate.
     /// Default: spiffe://<trust-domain>/scanner/*. For ServiceAccount-token identities add
@@ -341,6 +348,7 @@ async fn main(args: Options) -> anyhow::Result<()> {
         body_bytes_per_token: args.body_bytes_per_token,
         body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
         policy,
+        metrics_tenant_labels: args.metrics_tenant_labels,
     };
     let gw = Arc::new(Gateway::new(
         settings,

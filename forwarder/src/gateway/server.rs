@@ -72,6 +72,8 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     /// Per-org request policy (models, betas, provider-side tools).
     pub policy: Policies,
+    /// Label token metrics with org and run ids.
+    pub metrics_tenant_labels: bool,
 }
 
 pub struct Gateway {
@@ -124,6 +126,7 @@ impl Gateway {
         inflight: Arc<InFlight>,
     ) -> Self {
         let leeway = settings.svid.leeway;
+        let tenant_labels = settings.metrics_tenant_labels;
         Self {
             settings,
             svid_jwks,
@@ -134,7 +137,7 @@ impl Gateway {
             dlp,
             state,
             audit,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(tenant_labels),
             proxy_metrics,
             client,
             unsettled: Unsettled::default(),
