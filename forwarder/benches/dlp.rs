@@ -6,6 +6,9 @@
 #[path = "../src/gateway/dlp.rs"]
 #[allow(dead_code, unused_imports)]
 mod dlp;
+#[path = "../src/gateway/unescape.rs"]
+#[allow(dead_code, unused_imports)]
+mod unescape;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -98,10 +101,15 @@ fn main() {
     let n =
         measure("100 KB dense near misses (7 per line)", &block, &near, |v| *v == Verdict::Clean);
     let sp = measure("100 KB near miss per KB", &block, &sparse, |v| *v == Verdict::Clean);
+    // Terminal output in tool results: a `\u001b` colour escape per line, so the body is
+    // decoded before it is scanned.
+    let escaped = body(100 * 1024, "\\u001b[1;31merror\\u001b[0m see docs");
+    let e =
+        measure("100 KB with \\u escapes (decoded)", &block, &escaped, |v| *v == Verdict::Clean);
     measure("100 KB one secret (redact)", &redact, &secret, |v| {
         matches!(v, Verdict::Redacted { .. })
     });
     println!(
-        "\nclean {c:.0} MB/s, a near miss per KB {sp:.0} MB/s, dense near misses {n:.0} MB/s (target ≥ 500 MB/s)"
+        "\nclean {c:.0} MB/s, a near miss per KB {sp:.0} MB/s, dense near misses {n:.0} MB/s, \\u escapes {e:.0} MB/s (target ≥ 500 MB/s)"
     );
 }

@@ -1063,3 +1063,27 @@ async fn a_trat_and_an_svid_cannot_swap_places_under_a_shared_key_set() {
     }
     assert_eq!(p.requests().len(), 1, "no swapped token reached the provider");
 }
+
+/// Issue 12 item 15: a key written with JSON escapes is the key to the provider, which
+/// decodes them; the gateway's DLP sees it too, and names its place in the body as sent.
+#[tokio::test]
+async fn dlp_sees_secrets_written_with_json_escapes() {
+    let s = Setup::new();
+    let p = provider(ProviderConfig::default()).await;
+    let gw = s.gateway(&p.url().unwrap(), &[]).await;
+    let (svid, trat) = (s.svid("run-e"), s.trat("run-e", "txn-e"));
+    let tail = "aB3dE5gH7jK9mN1pQ2sT4vW6yZ8".repeat(3);
+    for spelled in
+        [format!(r"\u0073k-ant-api03-{tail}"), format!(r"sk\u002dant\u002dapi03\u002d{tail}")]
+    {
+        let body = format!(
+            r#"{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":"key {spelled}"}}]}}"#
+        );
+        let a = call(&gw, Some(&svid), Some(&trat), body).await;
+        assert_eq!(a.status, 400, "{}", a.text());
+        assert_never_retry(&a);
+        assert!(a.message().contains("anthropic-api-key"), "{}", a.message());
+        assert!(!a.text().contains(&tail), "the secret is not echoed");
+    }
+    assert_eq!(p.requests().len(), 0);
+}

@@ -16,6 +16,10 @@
 //!     regex: 'acme_(?P<secret>[a-z0-9]{32})'   # only the `secret` group is redacted
 //!     action: redact
 //! ```
+//! What is scanned is the text the provider will read: a secret spelled with JSON escapes
+//! (`\u0073k-ant-…`) is decoded first (see [`super::unescape`]; bodies without such escapes,
+//! the usual case, are scanned as they are), and offsets are reported in the body.
+//!
 //! Block: the request is refused (400) naming the rule, never the secret. Redact: each match
 //! (or its `secret` group) becomes `[REDACTED:<rule>]` before the body leaves; if that would
 //! break the body's JSON (a match crossing a string boundary), the request is refused instead.
@@ -25,6 +29,8 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, PatternID};
 use serde::Deserialize;
 use thiserror::Error;
+
+use super::unescape::{self, Decoded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -270,22 +276,33 @@ impl Scanner {
         caps.get_group_by_name("secret").map_or((start, end), |s| (s.start, s.end))
     }
 
-    /// Scans `body` once. The first blocking match refuses the request; otherwise every
-    /// redacting match is replaced.
+    /// Scans `body` once, as the provider will decode it. The first blocking match refuses
+    /// the request; otherwise every redacting match is replaced (in the body as sent, whole
+    /// escapes included).
     pub fn scan(&self, body: &[u8]) -> Verdict {
+        match unescape::decode(body) {
+            None => self.scan_text(body, body, None),
+            Some(decoded) => self.scan_text(&decoded.bytes, body, Some(&decoded)),
+        }
+    }
+
+    /// Scans `text` (the body, or its `decoded` copy) and answers in `body`'s offsets.
+    fn scan_text(&self, text: &[u8], body: &[u8], decoded: Option<&Decoded>) -> Verdict {
+        let span = |s: usize, e: usize| decoded.map_or((s, e), |d| d.body_span(s, e));
         let mut redactions: Vec<(usize, usize, usize)> = Vec::new();
-        for m in self.regex.find_iter(body) {
+        for m in self.regex.find_iter(text) {
             let rule = &self.rules[m.pattern().as_usize()];
             match rule.action {
                 DlpAction::Block => {
                     return Verdict::Block {
                         rule: rule.id.clone(),
                         description: rule.description.clone(),
-                        offset: m.start(),
+                        offset: span(m.start(), m.end()).0,
                     };
                 }
                 DlpAction::Redact => {
-                    let (s, e) = self.secret_span(body, m.pattern(), m.start(), m.end());
+                    let (s, e) = self.secret_span(text, m.pattern(), m.start(), m.end());
+                    let (s, e) = span(s, e);
                     redactions.push((s, e, m.pattern().as_usize()));
                 }
             }
@@ -491,6 +508,51 @@ mod tests {
         assert_eq!(s.scan(text.as_bytes()), Verdict::Clean);
         assert_eq!(s.scan(b""), Verdict::Clean);
         assert_eq!(s.scan(&[0xff, 0xfe, 0x00]), Verdict::Clean);
+    }
+
+    /// Issue 12 item 15: the provider decodes JSON escapes, so the scan does too.
+    #[test]
+    fn secrets_written_with_json_escapes_are_found() {
+        let s = Scanner::new(DlpAction::Block, None).unwrap();
+        let r = Scanner::new(DlpAction::Redact, None).unwrap();
+        let escape_all =
+            |t: &str| t.chars().map(|c| format!("\\u{:04x}", c as u32)).collect::<String>();
+        for (id, secret, near_miss) in samples() {
+            for spelled in [
+                format!("\\u{:04x}{}", secret.as_bytes()[0], &secret[1..]),
+                escape_all(&secret),
+                secret.replace('/', "\\/"),
+            ] {
+                let b = body(&spelled);
+                if serde_json::from_slice::<serde_json::Value>(&b).is_err() {
+                    continue; // escaping a sample's own `\"` would end its string
+                }
+                let at = b.windows(spelled.len()).position(|w| w == spelled.as_bytes()).unwrap();
+                match s.scan(&b) {
+                    Verdict::Block { rule, offset, .. } => {
+                        assert_eq!(rule, id, "{spelled}");
+                        // In the body as sent, inside the spelled secret.
+                        assert!((at..at + spelled.len()).contains(&offset), "{spelled}: {offset}");
+                    }
+                    other => panic!("{id} spelled {spelled} not blocked: {other:?}"),
+                }
+                let Verdict::Redacted { body: out, .. } = r.scan(&b) else {
+                    panic!("{id} spelled {spelled} not redacted")
+                };
+                let v: serde_json::Value = serde_json::from_slice(&out)
+                    .unwrap_or_else(|e| panic!("{id}: {e}: {}", String::from_utf8_lossy(&out)));
+                let text = v["messages"][0]["content"].as_str().unwrap();
+                assert!(
+                    text.contains(&format!("[REDACTED:{id}]")) && text.ends_with(" ok"),
+                    "{text}"
+                );
+                assert_eq!(s.scan(&out), Verdict::Clean, "{id}: {text}");
+            }
+            assert_eq!(s.scan(&body(&escape_all(&near_miss))), Verdict::Clean, "{id} near miss");
+        }
+        // An escaped backslash before 'u' is no escape: the text is `\u0073k-ant…`.
+        let key = format!("\\\\u0073k-ant-api03-{}", "a".repeat(40));
+        assert_eq!(s.scan(&body(&key)), Verdict::Clean);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod svid;
 pub use sanctum_common::tls;
 pub mod tokencache;
 pub mod trat;
+pub mod unescape;
 pub mod unsettled;
 pub mod usage;
 
