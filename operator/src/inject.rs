@@ -115,9 +115,6 @@ const SIDECAR_PORTS: [i32; 3] = [
     defaults::FORWARDER_ADMIN_PORT as i32,
 ];
 
-/// Environment variables that would carry a real provider credential into the agent.
-pub const CREDENTIAL_ENV: [&str; 2] = ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"];
-
 /// The security context of every container Sanctum injects (and of every container of a
 /// ScannerRun pod): Pod Security Standards `restricted`, and then some.
 pub fn hardened(settings: &PodSettings) -> SecurityContext {
@@ -297,50 +294,168 @@ fn join(names: &BTreeSet<&str>) -> String {
     names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
 }
 
+/// Variables that give Claude Code a credential, or a route to a model provider other than
+/// the bridge: with any of them in the pod, the agent could hold a key or call Bedrock,
+/// Vertex or Foundry directly and the bridge would see nothing. Removed from every agent
+/// container (issue 13 item 5). Sources: Claude Code's environment variable reference
+/// (code.claude.com/docs/en/env-vars), its Bedrock/Vertex/Foundry pages, and the AWS and
+/// Google SDKs' credential chains that those routes use.
+pub const PROVIDER_ROUTE_ENV: [&str; 31] = [
+    // Anthropic credentials and endpoint overrides.
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_REFRESH_TOKEN",
+    "CLAUDE_CODE_API_BASE_URL",
+    // Other providers.
+    "CLAUDE_CODE_USE_BEDROCK",
+    "CLAUDE_CODE_USE_VERTEX",
+    "CLAUDE_CODE_USE_FOUNDRY",
+    "CLAUDE_CODE_SKIP_BEDROCK_AUTH",
+    "CLAUDE_CODE_SKIP_VERTEX_AUTH",
+    "CLAUDE_CODE_SKIP_FOUNDRY_AUTH",
+    "ANTHROPIC_BEDROCK_BASE_URL",
+    "ANTHROPIC_VERTEX_BASE_URL",
+    "ANTHROPIC_VERTEX_PROJECT_ID",
+    "ANTHROPIC_FOUNDRY_BASE_URL",
+    "ANTHROPIC_FOUNDRY_API_KEY",
+    "ANTHROPIC_FOUNDRY_RESOURCE",
+    // The AWS credential chain (Bedrock).
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_BEARER_TOKEN_BEDROCK",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    // The Google credential chain (Vertex).
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLOUD_ML_REGION",
+];
+
+/// Hosts that must never go through an HTTP proxy: the bridge is on loopback, and a
+/// cluster-wide `HTTPS_PROXY` would otherwise get `CONNECT 127.0.0.1:8082` (issue 13 item 4).
+const NO_PROXY_LOOPBACK: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// Adds `127.0.0.1,localhost` to `NO_PROXY` and `no_proxy` (both spellings are read, by
+/// different clients). A literal value is extended; a missing one is set. A value taken
+/// from a Secret or ConfigMap (`valueFrom`) cannot be extended, so it is replaced by the
+/// loopback hosts and reported as removed.
+fn keep_loopback_off_proxies(envs: &mut Vec<EnvVar>, removed: &mut Vec<String>) {
+    for name in ["NO_PROXY", "no_proxy"] {
+        // Taken out and put back last, so a second pass leaves the list as it is.
+        let current = envs.iter().position(|e| e.name == name).map(|i| envs.remove(i));
+        let literal = match current {
+            Some(e) if e.value_from.is_some() => {
+                removed.push(format!("{name} (valueFrom)"));
+                String::new()
+            }
+            Some(e) => e.value.unwrap_or_default(),
+            None => String::new(),
+        };
+        let mut hosts: Vec<&str> =
+            literal.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+        for host in NO_PROXY_LOOPBACK {
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        envs.retain(|e| e.name != name);
+        envs.push(env(name, hosts.join(",")));
+    }
+}
+
 /// Sets the agent environment: the bridge as the API, a worthless placeholder key, no
-/// non-essential traffic, and no real credential from `env` or `envFrom`.
-pub fn set_agent_env(container: &mut Container, model: Option<&str>) {
+/// non-essential traffic, loopback never proxied, and no credential or other provider
+/// route ([`PROVIDER_ROUTE_ENV`]) from `env` or `envFrom`. Returns what it removed, as
+/// variable names (for the `sanctum.dev/removed-env` report); an `envFrom` source is
+/// reported as `envFrom:<kind>/<name>` because its keys are unknown here.
+pub fn set_agent_env(container: &mut Container, model: Option<&str>) -> Vec<String> {
+    let mut removed = Vec::new();
     let envs = container.env.get_or_insert_with(Vec::new);
     let ours = [
         "ANTHROPIC_BASE_URL",
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_AUTH_TOKEN",
         "ANTHROPIC_MODEL",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
         "DISABLE_AUTOUPDATER",
     ];
     envs.retain(|e| {
-        !ours.contains(&e.name.as_str()) || (e.name == "ANTHROPIC_MODEL" && model.is_none())
+        let name = e.name.as_str();
+        if PROVIDER_ROUTE_ENV.contains(&name) {
+            // The placeholder this function set on an earlier pass is not a credential.
+            let placeholder = name == "ANTHROPIC_API_KEY"
+                && e.value.as_deref() == Some(defaults::PLACEHOLDER_API_KEY);
+            let shadow = e.value.as_deref() == Some("") && e.value_from.is_none();
+            if !placeholder && !shadow && !removed.iter().any(|r| r == name) {
+                removed.push(name.to_owned());
+            }
+            return false;
+        }
+        !ours.contains(&name) || (name == "ANTHROPIC_MODEL" && model.is_none())
     });
     envs.push(env("ANTHROPIC_BASE_URL", format!("http://{}", defaults::BRIDGE_LISTEN)));
     envs.push(env("ANTHROPIC_API_KEY", defaults::PLACEHOLDER_API_KEY));
-    // An explicit `env` entry wins over `envFrom`: an empty value hides any real token a
-    // Secret or ConfigMap would bring in.
-    if container.env_from.as_ref().is_some_and(|f| !f.is_empty()) {
-        envs.push(env("ANTHROPIC_AUTH_TOKEN", ""));
+    // An explicit `env` entry wins over `envFrom`: an empty value hides any credential or
+    // route a Secret or ConfigMap would bring in under these names.
+    if let Some(from) = container.env_from.as_ref().filter(|f| !f.is_empty()) {
+        for source in from {
+            if let Some(s) = &source.secret_ref {
+                removed.push(format!("envFrom:secret/{}", s.name));
+            }
+        }
+        for name in PROVIDER_ROUTE_ENV {
+            if name != "ANTHROPIC_API_KEY" {
+                envs.push(env(name, ""));
+            }
+        }
     }
     envs.push(env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
     envs.push(env("DISABLE_AUTOUPDATER", "1"));
     if let Some(model) = model {
         envs.push(env("ANTHROPIC_MODEL", model));
     }
+    keep_loopback_off_proxies(envs, &mut removed);
+    removed
+}
+
+/// An agent container: an app container, or one of the pod's own init containers (which
+/// may run Claude Code too, e.g. a warm-up step; ours start first, so they can).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentRef {
+    App(usize),
+    Init(usize),
 }
 
 /// Injects Sanctum into `spec`. Fails, changing nothing, when the pod cannot take it.
-pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<(), InjectError> {
+///
+/// The agent environment goes to the app containers (`Agents::All`) or to the named
+/// containers, app or init (`sanctum.dev/containers`). Returns what was removed from
+/// them, one `<container>: <variable>` per entry (see [`set_agent_env`]), for the
+/// `sanctum.dev/removed-env` annotation; empty when nothing was.
+pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<String>, InjectError> {
     if spec.containers.is_empty() {
         return Err(InjectError::NoContainers);
     }
     check_clashes(spec)?;
-    let agent_indexes: Vec<usize> = match &injection.agents {
-        Agents::All => (0..spec.containers.len()).collect(),
+    let agents: Vec<AgentRef> = match &injection.agents {
+        Agents::All => (0..spec.containers.len()).map(AgentRef::App).collect(),
         Agents::Named(names) => names
             .iter()
             .map(|n| {
-                spec.containers
-                    .iter()
-                    .position(|c| &c.name == n)
-                    .ok_or_else(|| InjectError::UnknownContainer(n.clone()))
+                let app = spec.containers.iter().position(|c| &c.name == n).map(AgentRef::App);
+                let init = || {
+                    spec.init_containers
+                        .iter()
+                        .flatten()
+                        .position(|c| &c.name == n)
+                        .map(AgentRef::Init)
+                };
+                app.or_else(init).ok_or_else(|| InjectError::UnknownContainer(n.clone()))
             })
             .collect::<Result<_, _>>()?,
     };
@@ -480,14 +595,21 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<(), Injec
         ..base_container(CONTAINER_BRIDGE, &config.images.bridge, config)
     });
 
-    for i in agent_indexes {
-        set_agent_env(&mut spec.containers[i], injection.model.as_deref());
+    let mut removed = Vec::new();
+    for agent in agents {
+        let container = match agent {
+            AgentRef::App(i) => &mut spec.containers[i],
+            AgentRef::Init(i) => &mut spec.init_containers.as_mut().expect("found above")[i],
+        };
+        for name in set_agent_env(container, injection.model.as_deref()) {
+            removed.push(format!("{}: {name}", container.name));
+        }
     }
     // Ours run before the pod's own init containers, which may call the model too.
     init.extend(spec.init_containers.take().unwrap_or_default());
     spec.init_containers = Some(init);
     spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
-    Ok(())
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -547,6 +669,95 @@ mod tests {
         let names: Vec<_> =
             spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["write-trat", "sanctum-forwarder", "sanctum-bridge"]);
+    }
+
+    /// Issue 13 item 4: a cluster-wide proxy policy must not catch the loopback bridge.
+    #[test]
+    fn loopback_is_never_proxied() {
+        let config = OperatorConfig::default();
+        let mut spec = pod(&["agent", "plain"]);
+        spec.containers[0].env = Some(vec![
+            env("HTTPS_PROXY", "http://proxy:3128"),
+            env("NO_PROXY", ".cluster.local, 10.0.0.0/8"),
+        ]);
+        inject(&mut spec, &injection(&config)).unwrap();
+        let agent = &spec.containers[0];
+        assert_eq!(env_of(agent, "NO_PROXY"), [".cluster.local,10.0.0.0/8,127.0.0.1,localhost"]);
+        assert_eq!(env_of(agent, "no_proxy"), ["127.0.0.1,localhost"]);
+        assert_eq!(env_of(&spec.containers[1], "NO_PROXY"), ["127.0.0.1,localhost"]);
+        // A second pass changes nothing.
+        let before = spec.containers.clone();
+        set_agent_env(&mut spec.containers[0], Some("claude-sonnet-4-5"));
+        assert_eq!(spec.containers[0], before[0]);
+    }
+
+    /// Issue 13 item 5: every credential and other provider route goes, and is reported.
+    #[test]
+    fn other_provider_routes_are_removed_and_reported() {
+        let config = OperatorConfig::default();
+        let mut spec = pod(&["agent"]);
+        let secret = Some(k8s_openapi::api::core::v1::EnvVarSource {
+            secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                name: "claude".into(),
+                key: "token".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        });
+        spec.containers[0].env = Some(vec![
+            EnvVar { name: "CLAUDE_CODE_OAUTH_TOKEN".into(), value_from: secret, value: None },
+            env("CLAUDE_CODE_USE_BEDROCK", "1"),
+            env("AWS_ACCESS_KEY_ID", "AKIA0000"),
+            env("AWS_SECRET_ACCESS_KEY", "secret"),
+            env("AWS_BEARER_TOKEN_BEDROCK", "bedrock-key"),
+            env("ANTHROPIC_BEDROCK_BASE_URL", "https://bedrock"),
+            env("CLAUDE_CODE_USE_VERTEX", "1"),
+            env("AWS_REGION", "us-east-1"),
+        ]);
+        let removed = inject(&mut spec, &injection(&config)).unwrap();
+        assert_eq!(
+            removed,
+            [
+                "agent: CLAUDE_CODE_OAUTH_TOKEN",
+                "agent: CLAUDE_CODE_USE_BEDROCK",
+                "agent: AWS_ACCESS_KEY_ID",
+                "agent: AWS_SECRET_ACCESS_KEY",
+                "agent: AWS_BEARER_TOKEN_BEDROCK",
+                "agent: ANTHROPIC_BEDROCK_BASE_URL",
+                "agent: CLAUDE_CODE_USE_VERTEX",
+            ]
+        );
+        let agent = &spec.containers[0];
+        for name in PROVIDER_ROUTE_ENV {
+            if name != "ANTHROPIC_API_KEY" {
+                assert!(env_of(agent, name).is_empty(), "{name} left in the pod");
+            }
+        }
+        assert_eq!(env_of(agent, "AWS_REGION"), ["us-east-1"], "not a credential: kept");
+        assert_eq!(env_of(agent, "ANTHROPIC_API_KEY"), ["gateway-injected"]);
+    }
+
+    /// Issue 13 item 6: a named init container (a warm-up step running Claude Code) gets
+    /// the agent environment and loses its real key.
+    #[test]
+    fn named_init_containers_are_agents_too() {
+        let config = OperatorConfig::default();
+        let mut spec = pod(&["agent", "sidecar"]);
+        spec.init_containers = Some(vec![Container {
+            name: "warm-up".into(),
+            env: Some(vec![env("ANTHROPIC_API_KEY", "sk-ant-real")]),
+            ..Default::default()
+        }]);
+        let mut inj = injection(&config);
+        inj.agents = Agents::Named(vec!["warm-up".into(), "agent".into()]);
+        let removed = inject(&mut spec, &inj).unwrap();
+        assert_eq!(removed, ["warm-up: ANTHROPIC_API_KEY"]);
+        let init = spec.init_containers.as_ref().unwrap();
+        let warm = init.iter().find(|c| c.name == "warm-up").unwrap();
+        assert_eq!(env_of(warm, "ANTHROPIC_API_KEY"), ["gateway-injected"]);
+        assert_eq!(env_of(warm, "ANTHROPIC_BASE_URL"), ["http://127.0.0.1:8082"]);
+        assert_eq!(init.last().unwrap().name, "warm-up", "it runs after the sidecars start");
+        assert!(env_of(&spec.containers[1], "ANTHROPIC_BASE_URL").is_empty());
     }
 
     #[test]

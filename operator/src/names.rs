@@ -7,6 +7,9 @@ pub const MANAGER: &str = "sanctum-operator";
 pub const ANNOTATION_INJECT: &str = "sanctum.dev/inject";
 pub const ANNOTATION_STATUS: &str = "sanctum.dev/status";
 pub const STATUS_INJECTED: &str = "injected";
+/// What injection removed from agent containers, `<container>: <variable>, …` (names only):
+/// credentials and routes to other providers (issue 13 item 5).
+pub const ANNOTATION_REMOVED_ENV: &str = "sanctum.dev/removed-env";
 pub const ANNOTATION_CONTAINERS: &str = "sanctum.dev/containers";
 pub const ANNOTATION_GATEWAY: &str = "sanctum.dev/gateway";
 pub const ANNOTATION_MODEL: &str = "sanctum.dev/model";

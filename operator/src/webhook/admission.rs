@@ -178,11 +178,14 @@ pub fn inject_pod(
     let snapshot = Pod { metadata: pod.metadata.clone(), spec: None, status: None };
     let injection = injection_for(&snapshot, config, settings)?;
     let spec = pod.spec.as_mut().ok_or_else(|| Refusal::Pod("it has no spec".into()))?;
-    inject::inject(spec, &injection)?;
-    pod.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(ANNOTATION_STATUS.into(), STATUS_INJECTED.into());
+    let removed = inject::inject(spec, &injection)?;
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(ANNOTATION_STATUS.into(), STATUS_INJECTED.into());
+    // What injection took away (credentials, other provider routes), so the team sees it
+    // on the pod: names only, never a value.
+    if !removed.is_empty() {
+        annotations.insert(ANNOTATION_REMOVED_ENV.into(), removed.join(", "));
+    }
     Ok(())
 }
 
