@@ -2,8 +2,10 @@
 //! the org's key, meter the response, settle the budget, write the audit line.
 //!
 //! Order of checks (cheapest and least revealing first): path → JWT-SVID → TraT (claims,
-//! binding, revocation) → rate → provider key → body (size, JSON, `max_tokens`) → DLP →
-//! budget reservation. Nothing about the body is looked at before both tokens verified.
+//! binding, revocation) → rate → provider key → body (deadline, size, bytes in flight,
+//! JSON, `max_tokens`) → the org's request policy (model, betas, provider-side tools; the
+//! query string cut to `beta=true`) → DLP → spend still being recorded → budget
+//! reservation. Nothing about the body is looked at before both tokens verified.
 
 use std::convert::Infallible;
 use std::pin::Pin;
