@@ -798,7 +798,8 @@ async fn jwks_from_an_oidc_issuer_and_the_operator_url() {
     assert_eq!(a.status, 200, "{}", a.text());
 }
 
-/// The Kubernetes service-account issuer's JWKS: https, and only with a bearer token.
+/// The Kubernetes service-account issuer's JWKS: https, only with a bearer token, and only
+/// as `application/jwk-set+json`.
 async fn authenticated_tls_jwks_server(
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
@@ -821,8 +822,16 @@ async fn authenticated_tls_jwks_server(
                             .headers()
                             .get("authorization")
                             .is_some_and(|v| v.as_bytes() == want.as_bytes());
+                        // Like the API server: only application/jwk-set+json, else 406.
+                        let accepts = req
+                            .headers()
+                            .get("accept")
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.contains("application/jwk-set+json"));
                         let (status, body) = if !authorized {
                             (401, String::new())
+                        } else if !accepts {
+                            (406, String::new())
                         } else if req.uri().path() == "/openid/v1/jwks" {
                             (200, jwks.lock().unwrap().clone())
                         } else {

@@ -224,7 +224,9 @@ resolve_config() {
   # of a gone node evicted and deleted, DaemonSets (the chart's seccomp profile
   # installer), the node TTL annotation.
   if [[ "$NODE" == 1 && -z "${SANCTUM_KCM_CONTROLLERS:-}" ]]; then
-    KCM_CONTROLLERS+=",node-lifecycle-controller,taint-eviction-controller,pod-garbage-collector-controller,daemonset-controller,ttl-controller"
+    # persistentvolume-binder: the demo and the e2e suite give runs their repository (and
+    # the demo its SARIF) on hostPath PersistentVolumes bound to claims.
+    KCM_CONTROLLERS+=",node-lifecycle-controller,taint-eviction-controller,pod-garbage-collector-controller,daemonset-controller,ttl-controller,persistentvolume-binder-controller"
   fi
   local v
   for v in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT UP_TIMEOUT LOG_V; do

@@ -83,7 +83,9 @@ impl Fetcher {
         let mut req = Request::builder()
             .method(Method::GET)
             .uri(path)
-            .header(http::header::ACCEPT, "application/json");
+            // The Kubernetes issuer serves its JWKS only as application/jwk-set+json (RFC 7517
+            // §8.5) and answers 406 to a plain application/json.
+            .header(http::header::ACCEPT, "application/json, application/jwk-set+json");
         if let Some(token) = bearer {
             let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
                 .map_err(|_| "the bearer token file holds characters a header cannot carry")?;

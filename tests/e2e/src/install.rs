@@ -239,7 +239,7 @@ fn standin_yaml(ns: &str) -> String {
                         "image": image("sanctum-standin"),
                         "imagePullPolicy": "IfNotPresent",
                         "args": [
-                            "--listen", "0.0.0.0:8080",
+                            "--listen", "0.0.0.0:8080", "--any-address",
                             "--require-header", format!("x-api-key: {ORG_KEY}"),
                             "--forbid-value", "gateway-injected",
                         ],

@@ -14,6 +14,10 @@ struct Cli {
     /// Loopback TCP address, e.g. 127.0.0.1:18080.
     #[arg(long, conflicts_with = "socket")]
     listen: Option<std::net::SocketAddr>,
+    /// Allow a --listen address that is not loopback: in a pod (the e2e suite, the demo) the
+    /// stand-in is a Service on the cluster network.
+    #[arg(long)]
+    any_address: bool,
     /// Unix socket path instead of TCP.
     #[arg(long)]
     socket: Option<std::path::PathBuf>,
@@ -79,8 +83,8 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", path.display()))?,
         (None, Some(addr)) => {
             anyhow::ensure!(
-                addr.ip().is_loopback(),
-                "the stand-in only listens on loopback addresses"
+                addr.ip().is_loopback() || cli.any_address,
+                "the stand-in listens on loopback addresses only, unless --any-address (in a pod)"
             );
             Provider::start_tcp(addr, config)
                 .await
