@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use sanctum_e2e::install::{Install, ORG, image, restricted_container};
 use sanctum_e2e::*;
@@ -29,7 +29,7 @@ operator:
 "#;
 
 /// A read-only "repository" for a run: a hostPath PersistentVolume bound to a claim.
-async fn repo_claim(cluster: &Cluster, ns: &str, dir: &std::path::Path) -> PvGuard {
+async fn repo_claim(ns: &str, dir: &std::path::Path) -> PvGuard {
     let name = format!("{ns}-repo");
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("README.md"), "# a repository under review\n").unwrap();
@@ -61,27 +61,18 @@ async fn repo_claim(cluster: &Cluster, ns: &str, dir: &std::path::Path) -> PvGua
         })
         .to_string(),
     );
-    PvGuard { name, client: cluster.client.clone() }
+    PvGuard { name }
 }
 
+/// Deletes the PersistentVolume (cluster-scoped: no namespace takes it along). With kubectl,
+/// not the test's client: its connection task lives on the runtime a panicking test blocks.
 struct PvGuard {
     name: String,
-    client: kube::Client,
 }
 
 impl Drop for PvGuard {
     fn drop(&mut self) {
-        let (name, client) = (self.name.clone(), self.client.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                Api::<PersistentVolume>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        let _ = kubectl().args(["delete", "pv", &self.name, "--wait=false"]).output();
     }
 }
 
@@ -149,7 +140,7 @@ async fn sanctum_runs_for_real() {
 async fn scanner_run_succeeds_through_the_whole_chain(cluster: &Cluster, install: &Install) {
     let ns =
         cluster.namespace("run", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
-    let _pv = repo_claim(cluster, &ns.name, &install.dir.path().join("repo-ok")).await;
+    let _pv = repo_claim(&ns.name, &install.dir.path().join("repo-ok")).await;
     let runs: Api<ScannerRun> = Api::namespaced(cluster.client.clone(), &ns.name);
     runs.create(&PostParams::default(), &scanner_run("hello", &ns.name, json!({}))).await.unwrap();
     let started = std::time::Instant::now();
@@ -299,7 +290,7 @@ async fn injected_deployment_calls_through_the_chain(cluster: &Cluster, install:
 async fn network_policy_is_enforced(cluster: &Cluster, install: &Install) {
     let ns =
         cluster.namespace("netpol", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
-    let _pv = repo_claim(cluster, &ns.name, &install.dir.path().join("repo-netpol")).await;
+    let _pv = repo_claim(&ns.name, &install.dir.path().join("repo-netpol")).await;
     // Another pod in the cluster: the stand-in provider, reachable by anyone else.
     let standin = format!("sanctum-standin.{}.svc.cluster.local:8080", install.gateway_ns.name);
     let gateway =
@@ -340,7 +331,7 @@ async fn network_policy_is_enforced(cluster: &Cluster, install: &Install) {
 async fn real_failures_end_runs_with_their_reason(cluster: &Cluster, install: &Install) {
     let ns =
         cluster.namespace("fail", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
-    let _pv = repo_claim(cluster, &ns.name, &install.dir.path().join("repo-fail")).await;
+    let _pv = repo_claim(&ns.name, &install.dir.path().join("repo-fail")).await;
     let runs: Api<ScannerRun> = Api::namespaced(cluster.client.clone(), &ns.name);
     let cases = [
         (
