@@ -361,6 +361,83 @@ async fn injection_matrix() {
     let _ = r.raw;
 }
 
+/// Posts `pod` and applies the returned patch to the raw JSON of `pod`, as the API server
+/// does: the pod it would store.
+async fn admit_raw(s: &Server, pod: &Value) -> Value {
+    use base64::Engine as _;
+    let (mut sender, _) = connect(s.addr, &s.ca).await;
+    let (status, body) = post(&mut sender, "/mutate", review(pod, "team").to_string()).await;
+    assert_eq!(status, 200);
+    let raw: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(raw["response"]["allowed"], true, "{raw}");
+    let b64 = raw["response"]["patch"].as_str().expect("a patch");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    doc
+}
+
+/// Issue 13 item 7: an agent container with `env[].valueFrom.fileKeyRef` (Kubernetes
+/// 1.34+) came back as `valueFrom: {}` and the API server refused the pod. Fields this
+/// build's types do not know, on the env entry, the container, the pod spec and the
+/// metadata, reach the pod exactly as sent.
+#[tokio::test]
+async fn fields_newer_than_our_types_are_kept() {
+    let s = start(config()).await;
+    let file_key = json!({"name": "REPO_TOKEN", "valueFrom": {"fileKeyRef":
+        {"volumeName": "cfg", "path": "app.env", "key": "REPO_TOKEN", "optional": false}}});
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "agent", "namespace": "team",
+            "annotations": {"sanctum.dev/inject": "true"}, "futureMetadata": {"a": 1}},
+        "spec": {
+            "futurePodField": {"mode": "x"},
+            "volumes": [{"name": "cfg", "emptyDir": {}}],
+            "containers": [{
+                "name": "claude", "image": "ghcr.io/example/claude:1",
+                "futureContainerField": [1, 2],
+                "env": [file_key.clone(),
+                    {"name": "ANTHROPIC_API_KEY", "valueFrom": {"fileKeyRef":
+                        {"volumeName": "cfg", "path": "app.env", "key": "KEY"}}},
+                    {"name": "KEEP", "value": "1", "futureEnvField": true}]
+            }, {
+                "name": "helper", "image": "busybox", "futureContainerField": "h",
+                "env": [file_key.clone()]
+            }]
+        }
+    });
+    let out = admit_raw(&s, &pod).await;
+    let claude = &out["spec"]["containers"][0];
+    let env = claude["env"].as_array().unwrap();
+    assert_eq!(env[0], file_key, "untouched entry, byte for byte");
+    assert_eq!(env[1], json!({"name": "KEEP", "value": "1", "futureEnvField": true}));
+    assert!(
+        !env.iter().any(|e| e["name"] == "ANTHROPIC_API_KEY" && e.get("valueFrom").is_some()),
+        "the real key (from a file) is gone: {env:?}"
+    );
+    assert!(
+        env.iter().any(|e| *e == json!({"name": "ANTHROPIC_API_KEY", "value": "gateway-injected"}))
+    );
+    assert!(!env.iter().any(|e| e.get("valueFrom") == Some(&json!({}))), "{env:?}");
+    assert_eq!(claude["futureContainerField"], json!([1, 2]));
+    let helper = &out["spec"]["containers"][1];
+    assert_eq!(helper["futureContainerField"], "h");
+    assert_eq!(helper["env"][0], file_key);
+    assert_eq!(out["spec"]["futurePodField"], json!({"mode": "x"}));
+    assert_eq!(out["metadata"]["futureMetadata"], json!({"a": 1}));
+    assert_eq!(out["spec"]["volumes"][0], json!({"name": "cfg", "emptyDir": {}}));
+    assert_eq!(out["spec"]["initContainers"][2]["name"], "sanctum-bridge");
+    // Without opting in, the same pod is allowed untouched.
+    let mut plain = pod.clone();
+    plain["metadata"]["annotations"] = json!({});
+    let (mut sender, _) = connect(s.addr, &s.ca).await;
+    let (_, body) = post(&mut sender, "/mutate", review(&plain, "team").to_string()).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["response"]["allowed"], true);
+    assert!(v["response"].get("patch").is_none());
+}
+
 #[tokio::test]
 async fn bad_input_is_answered_and_the_server_keeps_serving() {
     let s = start(config()).await;

@@ -26,6 +26,7 @@ use crate::config::OperatorConfig;
 use crate::crd::IdentitySource;
 use crate::inject::{self, Agents, ConfigFile, IdentityMount, Injection, TratSource};
 use crate::names::*;
+use crate::webhook::patch;
 
 /// Which webhook entry called: the rule that opts a pod in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,23 +204,40 @@ pub fn skip_reason(pod: &Pod, namespace: &str, config: &OperatorConfig) -> Optio
     None
 }
 
-/// The decision for one Pod CREATE.
+/// The pod of `raw` (a Pod or a pod template as JSON) in the typed form injection reads.
+/// Fields the typed form does not know are ignored here and kept by the patch.
+pub fn typed_pod(raw: &Value) -> Result<Pod, Refusal> {
+    serde_path_to_error::deserialize(raw)
+        .map_err(|e| Refusal::Pod(format!("{}: {}", e.path(), e.inner())))
+}
+
+/// The decision for one Pod CREATE. `raw` is the pod exactly as the API server sent it
+/// (`request.object`); the patch is built against it (see [`crate::webhook::patch`]), so a
+/// field this build's Kubernetes types do not know reaches the pod unchanged. `namespace`
+/// empty means the pod's own `metadata.namespace`.
 pub fn decide(
-    pod: &Pod,
+    raw: &Value,
     namespace: &str,
     opt_in: OptIn,
     config: &OperatorConfig,
     settings: &Settings,
 ) -> Result<Verdict, Refusal> {
-    if let Some(reason) = skip_reason(pod, namespace, config) {
+    let pod = typed_pod(raw)?;
+    let namespace = match namespace {
+        "" => pod.metadata.namespace.as_deref().unwrap_or_default(),
+        ns => ns,
+    };
+    if let Some(reason) = skip_reason(&pod, namespace, config) {
         return Ok(Verdict::Skip(reason));
     }
-    if !wants_injection(pod, opt_in) {
+    if !wants_injection(&pod, opt_in) {
         return Ok(Verdict::Skip("not opted in"));
     }
     let mut injected = pod.clone();
     inject_pod(&mut injected, config, settings)?;
-    Ok(Verdict::Inject(crate::webhook::patch::pod_patch(pod, &injected)))
+    let typed = |p: &Pod| serde_json::to_value(p).map_err(|e| Refusal::Pod(e.to_string()));
+    let after = patch::overlay(raw, &typed(&pod)?, &typed(&injected)?);
+    Ok(Verdict::Inject(patch::pod_patch(raw, &after)))
 }
 
 /// The `response` of an AdmissionReview. Built here rather than with kube's type, whose
@@ -268,8 +286,12 @@ pub fn review(
     config: &OperatorConfig,
     settings: &Settings,
 ) -> Result<Answer, BadReview> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| BadReview::Parse(e.to_string()))?;
+    // The pod is read from the raw body: kube's DynamicObject would re-serialize its
+    // metadata through typed fields and drop what they do not know.
+    let raw_object = body.pointer("/request/object").cloned();
     let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(|e| BadReview::Parse(e.to_string()))?;
+        serde_json::from_value(body).map_err(|e| BadReview::Parse(e.to_string()))?;
     let req: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| BadReview::NoRequest)?;
     let uid = req.uid.clone();
@@ -287,23 +309,11 @@ pub fn review(
     if !is_pod(&req) || req.operation != Operation::Create {
         return Ok(answer("ignored", allow(), None));
     }
-    let Some(object) = req.object.as_ref() else {
+    let Some(object) = raw_object.filter(Value::is_object) else {
         return Ok(answer("ignored", allow(), None));
     };
-    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
-        Ok(pod) => pod,
-        Err(e) => {
-            let refusal = Refusal::Pod(e.to_string()).to_string();
-            return Ok(answer("refused", deny(&refusal), Some(refusal)));
-        }
-    };
-    let namespace = if namespace.is_empty() {
-        pod.metadata.namespace.clone().unwrap_or_default()
-    } else {
-        namespace.clone()
-    };
     // A dry run gets the same answer: the decision has no side effects to skip.
-    Ok(match decide(&pod, &namespace, opt_in, config, settings) {
+    Ok(match decide(&object, &namespace, opt_in, config, settings) {
         Ok(Verdict::Skip(reason)) => answer("skipped", allow(), Some(reason.to_owned())),
         Ok(Verdict::Inject(patch)) => {
             answer("injected", response(&uid, true, Some(&patch), None), None)

@@ -1,22 +1,21 @@
-//! The JSONPatch from a pod to its injected form.
+//! The JSONPatch from a pod, as the API server sent it, to its injected form.
 //!
 //! The API server applies the patch to the pod *as it received it*, which may carry fields
-//! that this build's Kubernetes types do not know (a newer API server). So the patch must
-//! never rewrite what it did not change: it adds the injected init containers in front of
-//! the pod's own, appends the volumes, and replaces only the containers' fields that
-//! changed (the agent `env`). A generic diff of re-serialized pods would replace whole
-//! array elements and silently drop such unknown fields.
+//! that this build's Kubernetes types do not know (`env[].valueFrom.fileKeyRef` of
+//! Kubernetes 1.34+ read as `valueFrom: {}` by k8s-openapi's `v1_33` types, issue 13 item
+//! 7). So the injected pod is never re-serialized from those types: [`overlay`] lays the
+//! typed injection result over the raw JSON, keeping every raw value the injection did not
+//! change, and [`pod_patch`] diffs raw against raw. The patch adds the injected init
+//! containers in front of the pod's own, appends the volumes, and replaces only the
+//! containers' fields that changed (the agent `env`, whose untouched entries are the raw
+//! ones). Istio's and Linkerd's injectors patch the same way: from the raw object, never
+//! from a round-trip through typed structs.
 
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use serde_json::{Map, Value};
 
 fn pointer(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
-}
-
-fn to_value<T: serde::Serialize + ?Sized>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 fn add(ops: &mut Vec<PatchOperation>, path: PointerBuf, value: Value) {
@@ -27,8 +26,74 @@ fn replace(ops: &mut Vec<PatchOperation>, path: PointerBuf, value: Value) {
     ops.push(PatchOperation::Replace(ReplaceOperation { path, value }));
 }
 
+/// The injected object as raw JSON: `after` (the typed result, serialized) laid over `raw`
+/// (what the API server sent), where `before` is `raw` read into the typed form and
+/// serialized again. Whatever the typed form does not know (a field absent from `before`)
+/// is kept from `raw`; a subtree the injection did not change is `raw`'s, byte for byte;
+/// only what changed comes from `after`.
+///
+/// Arrays are matched element by element: an element of `after` equal to an unused one of
+/// `before` is that element's raw value; one with the `name` of an unused element of
+/// `before` (a container whose `env` changed) is overlaid on it; anything else is new.
+pub fn overlay(raw: &Value, before: &Value, after: &Value) -> Value {
+    if before == after {
+        return raw.clone();
+    }
+    match (raw, before, after) {
+        (Value::Object(r), Value::Object(b), Value::Object(a)) => {
+            let mut out = Map::new();
+            for (key, value) in r {
+                match (b.get(key), a.get(key)) {
+                    // Changed or kept by the injection.
+                    (_, Some(new)) => {
+                        let old = b.get(key).unwrap_or(&Value::Null);
+                        out.insert(key.clone(), overlay(value, old, new));
+                    }
+                    // Known to the typed form and removed by the injection.
+                    (Some(_), None) => {}
+                    // Unknown to the typed form (a newer field): kept.
+                    (None, None) => {
+                        out.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            for (key, new) in a {
+                // Set by the injection where `raw` had nothing (not a typed-form artefact
+                // such as the `metadata: {}` of a template without metadata).
+                if !r.contains_key(key) && b.get(key) != Some(new) {
+                    out.insert(key.clone(), new.clone());
+                }
+            }
+            Value::Object(out)
+        }
+        (Value::Array(r), Value::Array(b), Value::Array(a)) if r.len() == b.len() => {
+            let mut used = vec![false; b.len()];
+            let name = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_owned);
+            let out = a
+                .iter()
+                .map(|new| {
+                    let same = (0..b.len()).find(|&j| !used[j] && b[j] == *new);
+                    let named = || {
+                        let n = name(new)?;
+                        (0..b.len()).find(|&j| !used[j] && name(&b[j]).as_ref() == Some(&n))
+                    };
+                    match same.or_else(named) {
+                        Some(j) => {
+                            used[j] = true;
+                            overlay(&r[j], &b[j], new)
+                        }
+                        None => new.clone(),
+                    }
+                })
+                .collect();
+            Value::Array(out)
+        }
+        _ => after.clone(),
+    }
+}
+
 /// Field-level changes of one object (a container, the pod spec): each top-level key that
-/// differs is added, replaced or (rarely) removed as a whole.
+/// differs is added, replaced or removed as a whole.
 fn object_fields(ops: &mut Vec<PatchOperation>, base: &[&str], before: &Value, after: &Value) {
     let empty = Map::new();
     let b = before.as_object().unwrap_or(&empty);
@@ -49,62 +114,71 @@ fn object_fields(ops: &mut Vec<PatchOperation>, base: &[&str], before: &Value, a
     }
 }
 
-/// The added init containers, when `after` is `before` with containers put in front.
-fn prefix<'a>(before: &[Container], after: &'a [Container]) -> Option<&'a [Container]> {
-    let n = after.len().checked_sub(before.len())?;
-    (after[n..] == *before).then_some(&after[..n])
+fn array<'a>(v: &'a Value, key: &str) -> Option<&'a [Value]> {
+    v.get(key).and_then(Value::as_array).map(Vec::as_slice)
 }
 
-fn spec_patch(ops: &mut Vec<PatchOperation>, before: &PodSpec, after: &PodSpec) {
+fn spec_patch(ops: &mut Vec<PatchOperation>, before: &Value, after: &Value) {
     // Containers: field by field, index by index (injection never adds or removes one).
-    if before.containers.len() == after.containers.len() {
-        for (i, (b, a)) in before.containers.iter().zip(&after.containers).enumerate() {
-            if b != a {
-                let i = i.to_string();
-                object_fields(ops, &["spec", "containers", &i], &to_value(b), &to_value(a));
+    match (array(before, "containers"), array(after, "containers")) {
+        (Some(b), Some(a)) if b.len() == a.len() => {
+            for (i, (b, a)) in b.iter().zip(a).enumerate() {
+                if b != a {
+                    let i = i.to_string();
+                    object_fields(ops, &["spec", "containers", &i], b, a);
+                }
             }
         }
-    } else {
-        replace(ops, pointer(&["spec", "containers"]), to_value(&after.containers));
+        (_, a) => {
+            if before.get("containers") != after.get("containers") {
+                let value = a.map_or(Value::Null, |a| Value::Array(a.to_vec()));
+                replace(ops, pointer(&["spec", "containers"]), value);
+            }
+        }
     }
 
     // Init containers: ours go in front of the pod's own.
-    let (b_init, a_init) = (
-        before.init_containers.as_deref().unwrap_or(&[]),
-        after.init_containers.as_deref().unwrap_or(&[]),
-    );
+    let (b_init, a_init) =
+        (array(before, "initContainers").unwrap_or(&[]), array(after, "initContainers"));
+    let a_init = a_init.unwrap_or(&[]);
     if b_init != a_init {
-        match (before.init_containers.is_some(), prefix(b_init, a_init)) {
+        let n = a_init.len().checked_sub(b_init.len());
+        let prefix = n.filter(|&n| a_init[n..] == *b_init).map(|n| &a_init[..n]);
+        match (array(before, "initContainers").is_some(), prefix) {
             (true, Some(added)) => {
                 for (i, c) in added.iter().enumerate() {
                     let i = i.to_string();
-                    add(ops, pointer(&["spec", "initContainers", &i]), to_value(c));
+                    add(ops, pointer(&["spec", "initContainers", &i]), c.clone());
                 }
             }
-            (false, Some(_)) => add(ops, pointer(&["spec", "initContainers"]), to_value(a_init)),
-            (_, None) => replace(ops, pointer(&["spec", "initContainers"]), to_value(a_init)),
+            (false, Some(_)) => {
+                add(ops, pointer(&["spec", "initContainers"]), Value::Array(a_init.to_vec()))
+            }
+            (_, None) => {
+                replace(ops, pointer(&["spec", "initContainers"]), Value::Array(a_init.to_vec()))
+            }
         }
     }
 
     // Volumes: ours are appended.
-    let (b_vol, a_vol) =
-        (before.volumes.as_deref().unwrap_or(&[]), after.volumes.as_deref().unwrap_or(&[]));
+    let b_vol = array(before, "volumes").unwrap_or(&[]);
+    let a_vol = array(after, "volumes").unwrap_or(&[]);
     if b_vol != a_vol {
         let appended = a_vol.len() >= b_vol.len() && a_vol[..b_vol.len()] == *b_vol;
-        match (before.volumes.is_some(), appended) {
+        match (array(before, "volumes").is_some(), appended) {
             (true, true) => {
                 for v in &a_vol[b_vol.len()..] {
-                    add(ops, pointer(&["spec", "volumes", "-"]), to_value(v));
+                    add(ops, pointer(&["spec", "volumes", "-"]), v.clone());
                 }
             }
-            (false, true) => add(ops, pointer(&["spec", "volumes"]), to_value(a_vol)),
-            (_, false) => replace(ops, pointer(&["spec", "volumes"]), to_value(a_vol)),
+            (false, true) => add(ops, pointer(&["spec", "volumes"]), Value::Array(a_vol.to_vec())),
+            (_, false) => replace(ops, pointer(&["spec", "volumes"]), Value::Array(a_vol.to_vec())),
         }
     }
 
     // Anything else of the spec, field by field.
-    let strip = |s: &PodSpec| {
-        let mut v = to_value(s);
+    let strip = |s: &Value| {
+        let mut v = s.clone();
         if let Some(m) = v.as_object_mut() {
             for k in ["containers", "initContainers", "volumes"] {
                 m.remove(k);
@@ -118,35 +192,51 @@ fn spec_patch(ops: &mut Vec<PatchOperation>, before: &PodSpec, after: &PodSpec) 
     }
 }
 
-/// The patch that turns `before` into `after` (metadata annotations and labels, spec).
-pub fn pod_patch(before: &Pod, after: &Pod) -> Patch {
+/// The patch that turns the raw pod `before` into the raw pod `after` (see [`overlay`]):
+/// metadata annotations and labels key by key, and the spec as above. Both are JSON
+/// objects of a Pod (or of a pod template); an empty patch when nothing changed.
+pub fn pod_patch(before: &Value, after: &Value) -> Patch {
     let mut ops = Vec::new();
-    for (field, b, a) in [
-        ("annotations", &before.metadata.annotations, &after.metadata.annotations),
-        ("labels", &before.metadata.labels, &after.metadata.labels),
-    ] {
-        if b == a {
-            continue;
+    let null = Value::Null;
+    let (b_meta, a_meta) =
+        (before.get("metadata").unwrap_or(&null), after.get("metadata").unwrap_or(&null));
+    if !b_meta.is_object() {
+        if a_meta.is_object() && b_meta != a_meta {
+            add(&mut ops, pointer(&["metadata"]), a_meta.clone());
         }
-        match (b, a) {
-            (Some(b), Some(a)) => {
-                for (k, v) in a {
-                    match b.get(k) {
-                        None => add(&mut ops, pointer(&["metadata", field, k]), to_value(v)),
-                        Some(old) if old != v => {
-                            replace(&mut ops, pointer(&["metadata", field, k]), to_value(v))
+    } else {
+        for field in ["annotations", "labels"] {
+            let (b, a) = (b_meta.get(field), a_meta.get(field));
+            if b == a {
+                continue;
+            }
+            match (b.and_then(Value::as_object), a.and_then(Value::as_object)) {
+                (Some(b), Some(a)) => {
+                    for (k, v) in a {
+                        match b.get(k) {
+                            None => add(&mut ops, pointer(&["metadata", field, k]), v.clone()),
+                            Some(old) if old != v => {
+                                replace(&mut ops, pointer(&["metadata", field, k]), v.clone())
+                            }
+                            Some(_) => {}
                         }
-                        Some(_) => {}
                     }
                 }
+                (None, Some(_)) => {
+                    let value = a.cloned().unwrap_or_default();
+                    if b.is_some() {
+                        replace(&mut ops, pointer(&["metadata", field]), value);
+                    } else {
+                        add(&mut ops, pointer(&["metadata", field]), value);
+                    }
+                }
+                _ => {}
             }
-            (None, Some(a)) => add(&mut ops, pointer(&["metadata", field]), to_value(a)),
-            (_, None) => {}
         }
     }
-    match (&before.spec, &after.spec) {
+    match (before.get("spec"), after.get("spec")) {
         (Some(b), Some(a)) if b != a => spec_patch(&mut ops, b, a),
-        (None, Some(a)) => add(&mut ops, pointer(&["spec"]), to_value(a)),
+        (None, Some(a)) => add(&mut ops, pointer(&["spec"]), a.clone()),
         _ => {}
     }
     Patch(ops)
@@ -155,44 +245,98 @@ pub fn pod_patch(before: &Pod, after: &Pod) -> Patch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
     use serde_json::json;
+
+    /// The typed round-trip of `raw`, changed by `change`, laid back over `raw`.
+    fn injected(raw: &Value, change: impl FnOnce(&mut Pod)) -> Value {
+        let typed: Pod = serde_json::from_value(raw.clone()).unwrap();
+        let before = serde_json::to_value(&typed).unwrap();
+        let mut after = typed;
+        change(&mut after);
+        overlay(raw, &before, &serde_json::to_value(&after).unwrap())
+    }
 
     #[test]
     fn annotation_keys_with_slashes_are_escaped_and_unknown_fields_survive() {
         let raw = json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "annotations": {"a": "b"}},
+            "metadata": {"name": "p", "annotations": {"a": "b"}, "futureMeta": true},
             "spec": {
+                "futureSpec": {"x": 1},
                 "containers": [{"name": "c", "image": "i", "futureField": 1}],
                 "initContainers": [{"name": "u", "image": "i", "futureField": 2}],
-                "volumes": [{"name": "v", "emptyDir": {}}]
+                "volumes": [{"name": "v", "emptyDir": {}, "futureVolume": 3}]
             }
         });
-        let before: Pod = serde_json::from_value(raw.clone()).unwrap();
-        let mut after = before.clone();
-        after
-            .metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert("sanctum.dev/status".into(), "x".into());
-        let spec = after.spec.as_mut().unwrap();
-        spec.containers[0].args = Some(vec!["--x".into()]);
-        spec.init_containers
-            .as_mut()
-            .unwrap()
-            .insert(0, Container { name: "ours".into(), ..Default::default() });
-        spec.volumes.as_mut().unwrap().push(Default::default());
-        let patch = pod_patch(&before, &after);
-        let mut doc = raw;
+        let after = injected(&raw, |pod| {
+            pod.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert("sanctum.dev/status".into(), "x".into());
+            let spec = pod.spec.as_mut().unwrap();
+            spec.containers[0].args = Some(vec!["--x".into()]);
+            spec.init_containers
+                .as_mut()
+                .unwrap()
+                .insert(0, Container { name: "ours".into(), ..Default::default() });
+            spec.volumes.as_mut().unwrap().push(Default::default());
+        });
+        let patch = pod_patch(&raw, &after);
+        let mut doc = raw.clone();
         json_patch::patch(&mut doc, &patch).unwrap();
+        assert_eq!(doc, after);
         assert_eq!(doc["metadata"]["annotations"]["sanctum.dev/status"], "x");
+        assert_eq!(doc["metadata"]["futureMeta"], true);
+        assert_eq!(doc["spec"]["futureSpec"]["x"], 1);
         assert_eq!(doc["spec"]["containers"][0]["futureField"], 1);
         assert_eq!(doc["spec"]["containers"][0]["args"][0], "--x");
         assert_eq!(doc["spec"]["initContainers"][0]["name"], "ours");
         assert_eq!(doc["spec"]["initContainers"][1]["futureField"], 2);
+        assert_eq!(doc["spec"]["volumes"][0]["futureVolume"], 3);
         assert_eq!(doc["spec"]["volumes"].as_array().unwrap().len(), 2);
         // Nothing to do: an empty patch.
-        assert!(pod_patch(&before, &before).0.is_empty());
+        assert!(pod_patch(&raw, &raw).0.is_empty());
+    }
+
+    /// Issue 13 item 7: `valueFrom.fileKeyRef` (Kubernetes 1.34+) is unknown to the typed
+    /// form, which reads it as `valueFrom: {}`; the entry must reach the API server as sent.
+    #[test]
+    fn env_entries_the_typed_form_cannot_read_are_kept_raw() {
+        let file_key = json!({"name": "TOKEN", "valueFrom": {"fileKeyRef":
+            {"volumeName": "cfg", "path": "app.env", "key": "TOKEN", "optional": false}}});
+        let raw = json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "env": [{"name": "ANTHROPIC_API_KEY", "value": "sk"}, file_key.clone(),
+                        {"name": "KEEP", "value": "1", "futureEnvField": "y"}]}]}
+        });
+        let after = injected(&raw, |pod| {
+            let env = pod.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap();
+            env.remove(0);
+            env.push(EnvVar { name: "NEW".into(), value: Some("2".into()), value_from: None });
+        });
+        let mut doc = raw.clone();
+        json_patch::patch(&mut doc, &pod_patch(&raw, &after)).unwrap();
+        assert_eq!(
+            doc["spec"]["containers"][0]["env"],
+            json!([file_key, {"name": "KEEP", "value": "1", "futureEnvField": "y"},
+                   {"name": "NEW", "value": "2"}])
+        );
+    }
+
+    /// A template without metadata gets the whole metadata object added.
+    #[test]
+    fn missing_metadata_is_added_whole() {
+        let raw = json!({"spec": {"containers": [{"name": "c"}]}});
+        let after = injected(&raw, |pod| {
+            pod.metadata.annotations = Some([("k".to_owned(), "v".to_owned())].into());
+        });
+        let mut doc = raw.clone();
+        json_patch::patch(&mut doc, &pod_patch(&raw, &after)).unwrap();
+        assert_eq!(doc["metadata"], json!({"annotations": {"k": "v"}}));
+        // An untouched template does not get an empty `metadata: {}`.
+        assert_eq!(injected(&raw, |_| {}), raw);
     }
 }
