@@ -118,3 +118,165 @@ fn refusals_name_the_document() {
         inject_file(text, &sa_config(), &settings(), OptIn::Annotation).unwrap_err().to_string();
     assert!(err.contains("document 2 (Deployment d)") && err.contains("hostNetwork"), "{err}");
 }
+
+/// Runs the real `sanctum-operator inject -f -` on `input` with the SA-token identity:
+/// (exit success, stdout, stderr).
+fn inject_binary(input: &str, extra: &[&str]) -> (bool, String, String) {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "identity: {source: serviceAccountToken}\n").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sanctum-operator"))
+        .args(["inject", "-f", "-", "--config"])
+        .arg(&config)
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// What `kubectl get deploy,pod -o yaml` prints: a `kind: List`.
+const KUBECTL_LIST: &str = r#"apiVersion: v1
+items:
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata:
+    name: agent
+    namespace: team
+  spec:
+    selector: {matchLabels: {app: agent}}
+    template:
+      metadata:
+        annotations: {sanctum.dev/inject: "true"}
+        labels: {app: agent}
+      spec:
+        containers:
+        - name: claude
+          image: ghcr.io/example/claude:1
+          env:
+          - {name: ANTHROPIC_API_KEY, value: sk-ant-real}
+          - name: REPO_TOKEN
+            valueFrom:
+              fileKeyRef: {volumeName: cfg, path: app.env, key: REPO_TOKEN}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: solo
+    namespace: team
+    annotations: {sanctum.dev/inject: "true"}
+  spec:
+    containers:
+    - {name: claude, image: ghcr.io/example/claude:1, env: [{name: ANTHROPIC_API_KEY, value: sk-ant-real}]}
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: settings, namespace: team}
+  data: {key: value}
+kind: List
+metadata:
+  resourceVersion: ""
+"#;
+
+fn injected_status(template: &serde_json::Value) -> &str {
+    template["metadata"]["annotations"]["sanctum.dev/status"].as_str().unwrap_or("")
+}
+
+/// Issue 13 item 9: `inject -f` on a `kind: List` printed it byte for byte, exit 0, the
+/// real key still in it. Every item is injected now, and newer fields are kept.
+#[test]
+fn kubectl_list_yaml_is_injected() {
+    let (ok, out, err) = inject_binary(KUBECTL_LIST, &[]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("sk-ant-real"), "{out}");
+    let list: serde_json::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(list["kind"], "List");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(injected_status(&items[0]["spec"]["template"]), "injected");
+    assert_eq!(injected_status(&items[1]), "injected");
+    assert_eq!(
+        items[2],
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "team"}, "data": {"key": "value"}})
+    );
+    let env = &items[0]["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(
+        env[0],
+        serde_json::json!({"name": "REPO_TOKEN", "valueFrom": {"fileKeyRef":
+            {"volumeName": "cfg", "path": "app.env", "key": "REPO_TOKEN"}}})
+    );
+    // A second pass changes nothing.
+    let (ok, again, _) = inject_binary(&out, &[]);
+    assert!(ok);
+    assert_eq!(again, out);
+}
+
+/// `kubectl get -o json` (a JSON List), a JSON stream of objects, and an API
+/// `DeploymentList` whose items omit apiVersion and kind: JSON in, JSON out, injected.
+#[test]
+fn json_lists_and_streams_are_injected() {
+    let list: serde_json::Value = serde_yaml::from_str(KUBECTL_LIST).unwrap();
+    let (ok, out, err) = inject_binary(&serde_json::to_string_pretty(&list).unwrap(), &[]);
+    assert!(ok, "{err}");
+    let back: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    assert_eq!(injected_status(&back["items"][0]["spec"]["template"]), "injected");
+    assert!(!out.contains("sk-ant-real"));
+
+    let items = list["items"].as_array().unwrap();
+    let stream = format!("{}\n{}\n", items[2], items[1]);
+    let (ok, out, err) = inject_binary(&stream, &[]);
+    assert!(ok, "{err}");
+    let docs: Vec<serde_json::Value> =
+        serde_json::Deserializer::from_str(&out).into_iter().collect::<Result<_, _>>().unwrap();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(out.lines().next().unwrap(), items[2].to_string(), "untouched, as it came");
+    assert_eq!(injected_status(&docs[1]), "injected");
+
+    let mut deployment = items[0].clone();
+    let obj = deployment.as_object_mut().unwrap();
+    obj.remove("kind");
+    obj.remove("apiVersion");
+    let typed = serde_json::json!({"apiVersion": "apps/v1", "kind": "DeploymentList",
+        "metadata": {}, "items": [deployment]});
+    let (ok, out, err) = inject_binary(&typed.to_string(), &[]);
+    assert!(ok, "{err}");
+    let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(injected_status(&back["items"][0]["spec"]["template"]), "injected");
+    assert!(back["items"][0].get("kind").is_none(), "the item keeps its shape");
+}
+
+/// An opted-in pod template in a kind `inject -f` cannot inject (a CRD, an old apiVersion)
+/// is never passed through in silence: exit 1 and one line that says what to do.
+#[test]
+fn opted_in_templates_of_unknown_kinds_fail_with_one_line() {
+    let rollout = "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\nspec:\n  template:\n    metadata: {annotations: {sanctum.dev/inject: \"true\"}}\n    spec:\n      containers: [{name: a, image: i}]\n";
+    let input = format!("apiVersion: v1\nkind: List\nitems:\n- {}", rollout.replace('\n', "\n  "));
+    for text in [rollout.to_owned(), input] {
+        let (ok, out, err) = inject_binary(&text, &[]);
+        assert!(!ok, "{out}");
+        assert!(out.is_empty());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(
+                "Rollout of apiVersion 'argoproj.io/v1alpha1' is not a kind inject -f can inject"
+            ) && err.contains("/spec/template")
+                && err.contains("sanctum.dev/inject: \"false\""),
+            "{err}"
+        );
+    }
+    // Not opted in: passed through as it came; with the namespace rule it is opted in.
+    let plain = rollout.replace("sanctum.dev/inject: \"true\"", "app: x");
+    let (ok, out, _) = inject_binary(&plain, &[]);
+    assert!(ok);
+    assert_eq!(out, plain);
+    let (ok, _, err) = inject_binary(&plain, &["--namespace-enabled"]);
+    assert!(!ok && err.contains("Rollout"), "{err}");
+}
