@@ -30,9 +30,14 @@ operator:
 
 /// A read-only "repository" for a run: a hostPath PersistentVolume bound to a claim.
 async fn repo_claim(ns: &str, dir: &std::path::Path) -> PvGuard {
-    let name = format!("{ns}-repo");
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("README.md"), "# a repository under review\n").unwrap();
+    host_claim(ns, "repo", dir, "ReadOnlyMany")
+}
+
+/// A hostPath PersistentVolume for `dir` (which must exist), bound to claim `claim` of `ns`.
+fn host_claim(ns: &str, claim: &str, dir: &std::path::Path, mode: &str) -> PvGuard {
+    let name = format!("{ns}-{claim}");
     kubectl_apply(
         &json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
@@ -43,7 +48,7 @@ async fn repo_claim(ns: &str, dir: &std::path::Path) -> PvGuard {
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": "",
                 "hostPath": {"path": dir.to_str().unwrap(), "type": "Directory"},
-                "claimRef": {"namespace": ns, "name": "repo"},
+                "claimRef": {"namespace": ns, "name": claim},
             },
         })
         .to_string(),
@@ -51,9 +56,9 @@ async fn repo_claim(ns: &str, dir: &std::path::Path) -> PvGuard {
     kubectl_apply(
         &json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "repo", "namespace": ns},
+            "metadata": {"name": claim, "namespace": ns},
             "spec": {
-                "accessModes": ["ReadOnlyMany"],
+                "accessModes": [mode],
                 "storageClassName": "",
                 "volumeName": name,
                 "resources": {"requests": {"storage": "1Gi"}},
@@ -129,6 +134,7 @@ async fn sanctum_runs_for_real() {
     let Some(cluster) = Cluster::connect().await else { return };
     let install = Install::new(&cluster, EXTRA_VALUES).await;
     scanner_run_succeeds_through_the_whole_chain(&cluster, &install).await;
+    the_reference_scanner_reviews_the_example_repository(&cluster, &install).await;
     injected_deployment_calls_through_the_chain(&cluster, &install).await;
     network_policy_is_enforced(&cluster, &install).await;
     real_failures_end_runs_with_their_reason(&cluster, &install).await;
@@ -193,6 +199,74 @@ async fn scanner_run_succeeds_through_the_whole_chain(cluster: &Cluster, install
         .find(|l| l.contains(&uid) && l.contains("\"status\":200"))
         .unwrap_or_else(|| panic!("no audit line with run {uid} and status 200:\n{audit}"));
     assert!(line.contains(ORG), "{line}");
+}
+
+/// The reference scanner (Claude Code with read-only tools and its `report_finding` MCP tool)
+/// reviews `examples/vulnerable-app` against the stand-in's scripted review: the run ends
+/// `Succeeded`, the SARIF is on the output volume, and `status.result` counts what it holds.
+async fn the_reference_scanner_reviews_the_example_repository(
+    cluster: &Cluster,
+    install: &Install,
+) {
+    let ns =
+        cluster.namespace("review", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    let repo = workspace().join("examples/vulnerable-app");
+    let _repo = host_claim(&ns.name, "repo", &repo, "ReadOnlyMany");
+    // The output is a directory of this machine: readable here only when the node is local.
+    let out = install.dir.path().join("review-output");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let _out = host_claim(&ns.name, "output", &out, "ReadWriteOnce");
+    let runs: Api<ScannerRun> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let run = scanner_run(
+        "review",
+        &ns.name,
+        json!({
+            "image": image("sanctum-scanner"),
+            "output": {"claimName": "output"},
+            "agent": {"model": "claude-sonnet-4-5", "maxTurns": 30},
+        }),
+    );
+    let started = std::time::Instant::now();
+    runs.create(&PostParams::default(), &run).await.unwrap();
+    let run = wait_finished(cluster, install, &runs, "review", Duration::from_secs(240)).await;
+    let status = run.status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(Phase::Succeeded),
+        "{}\n{}",
+        serde_json::to_string(&status).unwrap(),
+        install.describe(cluster, &ns.name, "review").await
+    );
+    eprintln!(
+        "e2e: the scanner's review, apply -> Succeeded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let result = status.result.unwrap();
+    assert_eq!(result.sarif.as_deref(), Some("/output/results.sarif"));
+    let found = result.findings.critical + result.findings.high + result.findings.medium;
+    assert!(found >= 3, "the scripted review reports at least three findings: {result:?}");
+    if std::env::var_os("SANCTUM_NODE_NAME").is_some() {
+        let sarif: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.sarif")).unwrap())
+                .unwrap();
+        assert_eq!(sarif["version"], "2.1.0");
+        let results = sarif["runs"][0]["results"].as_array().unwrap();
+        let count = |sev: &str| {
+            results.iter().filter(|r| r["properties"]["severity"] == sev).count() as u32
+        };
+        let f = &result.findings;
+        assert_eq!(
+            [f.critical, f.high, f.medium, f.low, f.note],
+            [count("critical"), count("high"), count("medium"), count("low"), count("note")],
+            "status.result counts what the SARIF holds"
+        );
+        for r in results {
+            let uri =
+                r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().unwrap();
+            assert!(repo.join(uri).is_file(), "{uri} is a file of the repository");
+        }
+    }
 }
 
 /// A Deployment annotated `sanctum.dev/inject: "true"` gets the sidecars and a TraT from the
