@@ -129,6 +129,11 @@ pub struct PodSettings {
     /// CIDRs a `git` source may be cloned from (TCP 443). Empty by default: the design allows
     /// egress only to the gateway and DNS, so a git clone needs this set explicitly.
     pub git_egress_cidrs: Vec<String>,
+    /// Requests and limits of the containers Sanctum adds (`fetch-jwt`, `write-trat`,
+    /// `sanctum-forwarder`, `sanctum-bridge`, `git-clone`), by container name, each value
+    /// replacing one of the built-in defaults (see [`crate::resources`]); a pod's
+    /// `sanctum.dev/sidecar-resources` annotation replaces values of this in turn.
+    pub sidecar_resources: crate::resources::Overrides,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +278,7 @@ impl Default for PodSettings {
             tolerations: Vec::new(),
             service_account_name: "default".into(),
             git_egress_cidrs: Vec::new(),
+            sidecar_resources: Default::default(),
         }
     }
 }
@@ -389,6 +395,8 @@ impl OperatorConfig {
         if self.gateway.pod_labels.is_empty() && self.gateway.cidrs.is_empty() {
             return Err("gateway needs podLabels or cidrs: the scanner's NetworkPolicy allows egress only there".into());
         }
+        crate::resources::validate(&self.pod.sidecar_resources)
+            .map_err(|e| format!("pod.sidecarResources: {e}"))?;
         if self.pod.run_as_user <= 0 {
             return Err("pod.runAsUser must be a non-root UID (> 0)".into());
         }
@@ -517,5 +525,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("runAsUser"), "{err}");
+        let text = "pod:\n  sidecarResources:\n    sanctum-bridge: {limits: {memory: lots}}\n";
+        let err = OperatorConfig::parse(text, Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "pod.sidecarResources: sanctum-bridge.limits.memory: 'lots' is not a quantity"
+            ),
+            "{err}"
+        );
+        let text = "pod:\n  sidecarResources:\n    sanctum-bridge: {limits: {memory: 1Gi}}\n";
+        let c = OperatorConfig::parse(text, Path::new("c.yaml")).unwrap();
+        assert_eq!(c.pod.sidecar_resources["sanctum-bridge"].limits["memory"], "1Gi");
     }
 }

@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{
     CSIVolumeSource, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    HTTPGetAction, KeyToPath, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    HTTPGetAction, KeyToPath, PodSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+    SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -68,6 +68,9 @@ pub struct Injection<'a> {
     pub gateway_url: String,
     pub agents: Agents,
     pub model: Option<String>,
+    /// Requests and limits of the injected containers, by name
+    /// ([`crate::resources::effective`]).
+    pub resources: crate::resources::Overrides,
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -161,15 +164,6 @@ fn volume(name: &str) -> Volume {
     Volume { name: name.into(), ..Default::default() }
 }
 
-fn sidecar_resources() -> ResourceRequirements {
-    let q = |s: &str| Quantity(s.into());
-    ResourceRequirements {
-        requests: Some([("cpu".to_owned(), q("10m")), ("memory".to_owned(), q("16Mi"))].into()),
-        limits: Some([("memory".to_owned(), q("64Mi"))].into()),
-        ..Default::default()
-    }
-}
-
 fn http_probe(port: u16, path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -184,13 +178,14 @@ fn http_probe(port: u16, path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn base_container(name: &str, image: &str, config: &OperatorConfig) -> Container {
+fn base_container(name: &str, image: &str, injection: &Injection<'_>) -> Container {
+    let config = injection.config;
     Container {
         name: name.into(),
         image: Some(image.into()),
         image_pull_policy: config.images.pull_policy.clone(),
         security_context: Some(hardened(&config.pod)),
-        resources: Some(sidecar_resources()),
+        resources: crate::resources::requirements(&injection.resources, name),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
@@ -495,7 +490,7 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
                     mount(VOLUME_SPIFFE, defaults::JWT_DIR, false),
                     mount(VOLUME_SPIFFE_HELPER, HELPER_CONFIG_DIR, true),
                 ]),
-                ..base_container(CONTAINER_FETCH_JWT, &spiffe.fetch_jwt_image, config)
+                ..base_container(CONTAINER_FETCH_JWT, &spiffe.fetch_jwt_image, injection)
             });
         }
         IdentityMount::ServiceAccountToken { audience, expiration_seconds } => {
@@ -545,7 +540,7 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
         args: Some(trat_args),
         env: (!trat_env.is_empty()).then_some(trat_env),
         volume_mounts: Some(write_trat_mounts),
-        ..base_container(CONTAINER_WRITE_TRAT, &config.images.bridge, config)
+        ..base_container(CONTAINER_WRITE_TRAT, &config.images.bridge, injection)
     });
 
     // The sidecars: forwarder first, so the bridge finds its socket when it starts.
@@ -567,7 +562,7 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
         startup_probe: Some(http_probe(defaults::FORWARDER_ADMIN_PORT, "/healthz", 1, 60)),
         liveness_probe: Some(http_probe(defaults::FORWARDER_ADMIN_PORT, "/healthz", 10, 3)),
         volume_mounts: Some(vec![mount(VOLUME_SAGE, defaults::SAGE_DIR, false)]),
-        ..base_container(CONTAINER_FORWARDER, &config.images.forwarder, config)
+        ..base_container(CONTAINER_FORWARDER, &config.images.forwarder, injection)
     });
     init.push(Container {
         command: Some(vec!["sanctum-bridge".into()]),
@@ -592,7 +587,7 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
             mount(VOLUME_SAGE, defaults::SAGE_DIR, false),
             mount(VOLUME_SPIFFE, defaults::JWT_DIR, true),
         ]),
-        ..base_container(CONTAINER_BRIDGE, &config.images.bridge, config)
+        ..base_container(CONTAINER_BRIDGE, &config.images.bridge, injection)
     });
 
     let mut removed = Vec::new();
@@ -641,6 +636,7 @@ mod tests {
             gateway_url: "http://gw:8080".into(),
             agents: Agents::All,
             model: Some("claude-sonnet-4-5".into()),
+            resources: crate::resources::effective(&config.pod.sidecar_resources, None),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod pod;
 pub mod reconcile;
 pub mod render;
+pub mod resources;
 pub mod revoked;
 pub mod seccomp;
 pub mod status;

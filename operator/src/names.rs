@@ -14,6 +14,9 @@ pub const ANNOTATION_CONTAINERS: &str = "sanctum.dev/containers";
 pub const ANNOTATION_GATEWAY: &str = "sanctum.dev/gateway";
 pub const ANNOTATION_MODEL: &str = "sanctum.dev/model";
 pub const ANNOTATION_TRAT_SECRET: &str = "sanctum.dev/trat-secret";
+/// Requests and limits of the injected containers for one pod, over the operator config's
+/// `pod.sidecarResources` (issue 13 item 8; shape in `crate::resources`).
+pub const ANNOTATION_SIDECAR_RESOURCES: &str = "sanctum.dev/sidecar-resources";
 pub const NAMESPACE_LABEL_INJECTION: &str = "sanctum.dev/injection";
 pub const LABEL_RUN: &str = "sanctum.dev/run";
 /// The run's UID: SPIRE registration templates build the SPIFFE ID from it.

@@ -113,6 +113,11 @@ git checkout -q FETCH_HEAD
             mount(VOLUME_TMP, "/tmp", false, None),
         ]),
         security_context: Some(inject::hardened(&config.pod)),
+        // A quota on limits.cpu or memory refuses a pod with any container without them.
+        resources: crate::resources::requirements(
+            &crate::resources::effective(&config.pod.sidecar_resources, None),
+            crate::resources::CONTAINER_GIT_CLONE,
+        ),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
@@ -144,6 +149,7 @@ pub fn injection<'a>(
         gateway_url: plan.gateway_url.clone(),
         agents: Agents::All,
         model: run.spec.agent.as_ref().and_then(|a| a.model.clone()),
+        resources: crate::resources::effective(&config.pod.sidecar_resources, None),
     }
 }
 

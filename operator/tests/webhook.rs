@@ -438,6 +438,62 @@ async fn fields_newer_than_our_types_are_kept() {
     assert!(v["response"].get("patch").is_none());
 }
 
+/// Issue 13 item 8: under a ResourceQuota on `limits.cpu` the API server refused an
+/// injected pod whose own containers were complete: "must specify limits.cpu for:
+/// fetch-jwt, sanctum-bridge, sanctum-forwarder, write-trat". Every injected container has
+/// cpu and memory requests and limits, from the config and the pod's annotation.
+#[tokio::test]
+async fn every_injected_container_has_requests_and_limits() {
+    let mut c = config();
+    c.identity.source = IdentitySource::Spiffe; // fetch-jwt too
+    c.pod.sidecar_resources = sanctum_operator::resources::parse_annotation(
+        "sanctum-forwarder: {limits: {memory: 96Mi}}",
+    )
+    .unwrap();
+    let s = start(c).await;
+    let annotations = json!({"sanctum.dev/inject": "true",
+        "sanctum.dev/sidecar-resources": "{\"sanctum-bridge\": {\"limits\": {\"cpu\": \"1\", \"memory\": \"128Mi\"}}}"});
+    let mut p = pod(annotations, json!([agent("claude")]));
+    p["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}});
+    let out = admit_raw(&s, &p).await;
+    let init = out["spec"]["initContainers"].as_array().unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fetch-jwt", "write-trat", "sanctum-forwarder", "sanctum-bridge"]);
+    let quantity =
+        |c: &Value, kind: &str, r: &str| c["resources"][kind][r].as_str().unwrap_or("").to_owned();
+    for c in init {
+        for kind in ["requests", "limits"] {
+            for r in ["cpu", "memory"] {
+                assert!(!quantity(c, kind, r).is_empty(), "{} has no {kind}.{r}", c["name"]);
+            }
+        }
+    }
+    let by = |n: &str| init.iter().find(|c| c["name"] == n).unwrap();
+    assert_eq!(quantity(by("sanctum-bridge"), "limits", "cpu"), "1", "the annotation");
+    assert_eq!(quantity(by("sanctum-bridge"), "limits", "memory"), "128Mi");
+    assert_eq!(quantity(by("sanctum-bridge"), "requests", "memory"), "16Mi", "the default");
+    assert_eq!(quantity(by("sanctum-forwarder"), "limits", "memory"), "96Mi", "the config");
+    assert_eq!(quantity(by("sanctum-forwarder"), "limits", "cpu"), "500m");
+    assert_eq!(quantity(by("write-trat"), "limits", "memory"), "32Mi");
+    assert_eq!(quantity(by("fetch-jwt"), "limits", "memory"), "64Mi");
+    assert_eq!(out["spec"]["containers"][0]["resources"], p["spec"]["containers"][0]["resources"]);
+
+    // A wrong annotation is refused with what to fix.
+    let bad = pod(
+        json!({"sanctum.dev/inject": "true", "sanctum.dev/sidecar-resources": "claude: {limits: {cpu: 1}}"}),
+        json!([agent("claude")]),
+    );
+    let r = admit(&s, "/mutate", &bad, "team").await;
+    assert!(!r.allowed);
+    assert!(
+        r.message.contains("sanctum.dev/sidecar-resources")
+            && r.message.contains("'claude' is not a container Sanctum adds"),
+        "{}",
+        r.message
+    );
+}
+
 #[tokio::test]
 async fn bad_input_is_answered_and_the_server_keeps_serving() {
     let s = start(config()).await;

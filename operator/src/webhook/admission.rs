@@ -155,7 +155,24 @@ pub fn injection_for<'a>(
             },
         },
     };
-    Ok(Injection { config, identity, trat, gateway_url, agents, model: model.map(str::to_owned) })
+    let pod_resources = annotation(pod, ANNOTATION_SIDECAR_RESOURCES)
+        .map(crate::resources::parse_annotation)
+        .transpose()
+        .map_err(|message| Refusal::Annotation {
+            annotation: ANNOTATION_SIDECAR_RESOURCES,
+            message,
+        })?;
+    let resources =
+        crate::resources::effective(&config.pod.sidecar_resources, pod_resources.as_ref());
+    Ok(Injection {
+        config,
+        identity,
+        trat,
+        gateway_url,
+        agents,
+        model: model.map(str::to_owned),
+        resources,
+    })
 }
 
 fn valid_dns_subdomain(name: &str) -> bool {
