@@ -211,6 +211,9 @@ resolve_config() {
   POD_CIDR="${SANCTUM_POD_CIDR:-10.244.0.0/16}"
   POD_GW="${SANCTUM_POD_GATEWAY:-10.244.0.1}"
   DNS_IP="${SANCTUM_DNS_IP:-10.96.0.10}"
+  # 1: pods may open connections out of the machine (masqueraded), and CoreDNS forwards
+  # other names to the host's resolvers. Only the demo with a real provider key needs it.
+  EGRESS="${SANCTUM_NODE_EGRESS:-0}"
   SERVICE_CIDR="${SANCTUM_SERVICE_CIDR:-10.96.0.0/16}"
   SERVICE_IP="${SANCTUM_SERVICE_IP:-10.96.0.1}"
   SA_ISSUER="${SANCTUM_SA_ISSUER:-https://kubernetes.default.svc.cluster.local}"
@@ -236,7 +239,7 @@ resolve_config() {
 
 CONFIG_VARS=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT SCHEDULER SERVICE_CIDR
   SERVICE_IP SA_ISSUER API_AUDIENCES LOG_V UP_TIMEOUT ETCD_FSYNC APISERVER_EXTRA_ARGS KCM_CONTROLLERS BIN_DIR
-  NODE POD_CIDR POD_GW DNS_IP)
+  NODE POD_CIDR POD_GW DNS_IP EGRESS)
 
 save_config() {
   local v
@@ -864,8 +867,17 @@ setup_node_network() {
   # to elsewhere or from elsewhere to the bridge. In mangle, which runs before
   # filter, where kube-proxy and kube-router put their ACCEPT rules first.
   iptables -w 5 -t mangle -N SANCTUM-FORWARD 2>/dev/null || iptables -w 5 -t mangle -F SANCTUM-FORWARD
-  iptables -w 5 -t mangle -A SANCTUM-FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP
-  iptables -w 5 -t mangle -A SANCTUM-FORWARD ! -i "$BRIDGE" -o "$BRIDGE" -j DROP
+  if [[ "$EGRESS" == 1 ]]; then
+    # SANCTUM_NODE_EGRESS=1: out, masqueraded as the host; in, only replies.
+    iptables -w 5 -t mangle -A SANCTUM-FORWARD ! -i "$BRIDGE" -o "$BRIDGE" \
+      -m conntrack ! --ctstate ESTABLISHED,RELATED -j DROP
+    iptables -w 5 -t nat -N SANCTUM-POSTROUTING 2>/dev/null || iptables -w 5 -t nat -F SANCTUM-POSTROUTING
+    iptables -w 5 -t nat -A SANCTUM-POSTROUTING -s "$POD_CIDR" ! -o "$BRIDGE" -j MASQUERADE
+    iptables -w 5 -t nat -C POSTROUTING -j SANCTUM-POSTROUTING 2>/dev/null || iptables -w 5 -t nat -A POSTROUTING -j SANCTUM-POSTROUTING
+  else
+    iptables -w 5 -t mangle -A SANCTUM-FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP
+    iptables -w 5 -t mangle -A SANCTUM-FORWARD ! -i "$BRIDGE" -o "$BRIDGE" -j DROP
+  fi
   iptables -w 5 -t mangle -C FORWARD -j SANCTUM-FORWARD 2>/dev/null || iptables -w 5 -t mangle -I FORWARD -j SANCTUM-FORWARD
   # In-cluster clients (CoreDNS) reach the API server at the kubernetes
   # Service IP. The API server listens on 127.0.0.1 only and the Service has no
@@ -969,6 +981,7 @@ data:
             fallthrough in-addr.arpa ip6.arpa
             ttl 30
         }
+$([[ "$EGRESS" == 1 ]] && echo "        forward . /etc/resolv.conf")
         cache 30
         reload
     }
