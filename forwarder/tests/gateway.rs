@@ -716,39 +716,53 @@ fn mint_cert(s: &Setup, name: &str) -> (std::path::PathBuf, std::path::PathBuf) 
     (cert, key)
 }
 
+/// A small HTTP server on loopback whose `answer` gives each request's status and body;
+/// over TLS when `tls` is given. Its base URL.
+async fn serve_answers<F>(tls: Option<tokio_rustls::TlsAcceptor>, answer: F) -> String
+where
+    F: Fn(&http::Request<hyper::body::Incoming>) -> (u16, String) + Clone + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (answer, tls) = (answer.clone(), tls.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let (status, body) = answer(&req);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(stream).await else { return };
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await
+                    }
+                    None => http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await,
+                };
+            });
+        }
+    });
+    format!("{scheme}://{addr}")
+}
+
 /// Serves documents by path (an OIDC issuer, an operator admin port).
 async fn docs_server(
     docs: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 ) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let docs = docs.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let doc = docs.lock().unwrap().get(req.uri().path()).cloned();
-                        async move {
-                            let (status, body) = match doc {
-                                Some(d) => (200, d),
-                                None => (404, String::new()),
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}")
+    serve_answers(None, move |req| match docs.lock().unwrap().get(req.uri().path()) {
+        Some(d) => (200, d.clone()),
+        None => (404, String::new()),
+    })
+    .await
 }
 
 #[tokio::test]
@@ -808,51 +822,21 @@ async fn authenticated_tls_jwks_server(
 ) -> String {
     let reloading = Arc::new(sanctum_common::tls::ReloadingCert::new(cert, key).unwrap());
     let acceptor = sanctum_common::tls::acceptor(reloading).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (jwks, token, acceptor) = (jwks.clone(), token.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else { return };
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let want = format!("Bearer {}", token.lock().unwrap());
-                        let authorized = req
-                            .headers()
-                            .get("authorization")
-                            .is_some_and(|v| v.as_bytes() == want.as_bytes());
-                        // Like the API server: only application/jwk-set+json, else 406.
-                        let accepts = req
-                            .headers()
-                            .get("accept")
-                            .and_then(|v| v.to_str().ok())
-                            .is_some_and(|v| v.contains("application/jwk-set+json"));
-                        let (status, body) = if !authorized {
-                            (401, String::new())
-                        } else if !accepts {
-                            (406, String::new())
-                        } else if req.uri().path() == "/openid/v1/jwks" {
-                            (200, jwks.lock().unwrap().clone())
-                        } else {
-                            (404, String::new())
-                        };
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    serve_answers(Some(acceptor), move |req| {
+        let want = format!("Bearer {}", token.lock().unwrap());
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        // Like the API server: only application/jwk-set+json, else 406.
+        if header("authorization") != Some(want.as_str()) {
+            (401, String::new())
+        } else if !header("accept").is_some_and(|v| v.contains("application/jwk-set+json")) {
+            (406, String::new())
+        } else if req.uri().path() == "/openid/v1/jwks" {
+            (200, jwks.lock().unwrap().clone())
+        } else {
+            (404, String::new())
         }
-    });
-    format!("https://{addr}")
+    })
+    .await
 }
 
 #[tokio::test]
