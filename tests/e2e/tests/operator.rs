@@ -1,6 +1,13 @@
 //! The operator against a real API server: CRD and CEL rules, the run lifecycle with the
 //! test playing the kubelet, Events, garbage collection, an API server restart, and the
 //! API server's own Pod Security admission judging the pods.
+//!
+//! These cases write pod status themselves, because a real node cannot produce the state on
+//! demand: a termination message that is not JSON or too large, an exit at a chosen moment
+//! between two status writes, a pod deleted mid-run, an API server restart while a run is
+//! Running. Their pods carry a node selector no node matches, so a real kubelet (the local
+//! cluster has one) never runs them. `pods.rs` proves the same lifecycle with real pods
+//! (Succeeded with the summary, OOMKilled, DeadlineExceeded, a missing image).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
