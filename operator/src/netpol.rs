@@ -101,7 +101,10 @@ pub fn build_network_policy(
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(selector(&[(LABEL_RUN, &plan.name)])),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
-            ingress: Some(vec![]),
+            // No ingress rule with `Ingress` in policyTypes denies all ingress. Left out
+            // rather than `[]`: the server stores an empty list as absent, and an applied
+            // `[]` would differ from the stored object on every pass (issue 13 item 10).
+            ingress: None,
             egress: Some(egress),
         }),
     }

@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::names::MANAGER;
 use crate::objects::{BuildError, build};
 use crate::plan::RunPlan;
+use crate::refusal::Refused;
 use crate::revoked::{self, Revoked};
 use crate::status::{
     self, FINISHED, Observation, PROVISIONED, RESULT_RECORDED, SECRET_CREATED, STARTED,
@@ -466,6 +467,68 @@ async fn fail_build(
     Ok(Action::await_change())
 }
 
+/// The status of a run whose object the API server refused for now (see
+/// [`crate::refusal`]): still `Pending`, `Provisioned=False` with the server's reason.
+pub fn waiting(run: &ScannerRun, reason: &str, message: &str, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        condition(PROVISIONED, false, reason, message, generation, now),
+    );
+    status.phase = Some(Phase::Pending);
+    status.message = Some(message.to_owned());
+    status.observed_generation = generation;
+    status
+}
+
+/// How long a waiting run waits before the next try: as long as it has been waiting
+/// (`since`, the condition's lastTransitionTime), so the pace halves with each try,
+/// between 5 s and 5 min.
+pub fn retry_delay(since: &Time, now: &Time) -> Duration {
+    let waited = now.0.as_second().saturating_sub(since.0.as_second());
+    Duration::from_secs(u64::try_from(waited).unwrap_or(0).clamp(5, 300))
+}
+
+/// Ends the run or lets it wait after the API server refused `what`; errors that are not
+/// the run's (the operator's RBAC, transient ones) go back to the controller's backoff.
+async fn refused(
+    run: &ScannerRun,
+    ctx: &Context,
+    runs: &Api<ScannerRun>,
+    name: &str,
+    what: &str,
+    error: kube::Error,
+    now: &Time,
+) -> Result<Action, Error> {
+    match crate::refusal::classify(what, &error) {
+        Some(Refused::Fail { reason, message }) => {
+            fail_conflict(run, ctx, runs, name, reason, &message, now).await
+        }
+        Some(Refused::Wait { reason, message }) => {
+            let old = run.status.clone().unwrap_or_default();
+            let status = waiting(run, reason, &message, now);
+            let first =
+                !old.conditions.iter().any(|c| c.type_ == PROVISIONED && c.reason == reason);
+            if status != old {
+                write_status(runs, name, &status).await?;
+            }
+            if first {
+                tracing::warn!(run = name, reason, message, "ScannerRun waits");
+                ctx.metrics.transition("Pending", reason);
+                publish(ctx, run, true, reason, &message).await;
+            }
+            let since = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == PROVISIONED)
+                .map_or(now, |c| &c.last_transition_time);
+            Ok(Action::requeue(retry_delay(since, now)))
+        }
+        Some(Refused::Operator) | None => Err(error.into()),
+    }
+}
+
 async fn create(
     run: &ScannerRun,
     ctx: &Context,
@@ -501,16 +564,30 @@ async fn create(
             );
             return fail_conflict(&run, ctx, runs, name, "SecretConflict", &message, now).await;
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            let what = format!("Secret {}", plan.secret_name);
+            return refused(&run, ctx, runs, name, &what, e, now).await;
+        }
     }
     let run = &run;
-    // The policy before the pod, so the pod never runs unfenced.
+    // The policy before the pod, so the pod never runs unfenced; written only when the
+    // server does not hold it already, so a retry writes nothing (and wakes nothing).
     let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &plan.namespace);
-    policies
-        .patch(&plan.network_policy_name, &apply, &Patch::Apply(&objects.network_policy))
-        .await?;
+    let desired = serde_json::to_value(&objects.network_policy).unwrap_or_default();
+    let stored = policies.get_opt(&plan.network_policy_name).await?;
+    let stored = stored.map(|p| serde_json::to_value(&p).unwrap_or_default());
+    if !stored.is_some_and(|s| crate::stored::holds(&s, &desired)) {
+        let what = format!("NetworkPolicy {}", plan.network_policy_name);
+        let policy = Patch::Apply(&objects.network_policy);
+        if let Err(e) = policies.patch(&plan.network_policy_name, &apply, &policy).await {
+            return refused(run, ctx, runs, name, &what, e, now).await;
+        }
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &plan.namespace);
-    pods.patch(&plan.pod_name, &apply, &Patch::Apply(&objects.pod)).await?;
+    if let Err(e) = pods.patch(&plan.pod_name, &apply, &Patch::Apply(&objects.pod)).await {
+        let what = format!("pod {}", plan.pod_name);
+        return refused(run, ctx, runs, name, &what, e, now).await;
+    }
 
     let status = provisioned(run, plan, now);
     write_status(runs, name, &status).await?;

@@ -86,6 +86,7 @@ fn scanner_terminated(phase: &str, exit_code: i32, reason: &str, message: Option
 
 const POD: &str = "/api/v1/namespaces/ns/pods/run-1-scanner";
 const STATUS: &str = "/apis/sanctum.dev/v1alpha1/namespaces/ns/scannerruns/run-1/status";
+const POLICY: &str = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/run-1-scanner";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
 
 fn event(reason: &'static str, kind: &'static str) -> Expect {
@@ -215,13 +216,17 @@ async fn new_run_creates_secret_policy_pod_then_reports_pending() {
         status_patch(json!({"phase": "Pending"}), |status| {
             assert_eq!(condition(status, "SecretCreated")["status"], "True");
         }),
+        expect(Method::GET, POLICY, 404, not_found(), |_| {}),
         expect(
             Method::PATCH,
             "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/run-1-scanner",
             200,
             None,
             |body| {
-                assert_eq!(body["spec"]["ingress"], json!([]));
+                // No ingress rule denies all ingress; `[]` would be stored as absent and
+                // differ from the stored policy on every pass.
+                assert!(body["spec"].get("ingress").is_none(), "{body}");
+                assert_eq!(body["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
                 assert_eq!(body["spec"]["podSelector"]["matchLabels"]["sanctum.dev/run"], "run-1");
             },
         ),
@@ -538,6 +543,7 @@ async fn own_secret_from_an_interrupted_pass_is_kept() {
     let script = vec![
         expect(Method::GET, POD, 404, not_found(), |_| {}),
         expect(Method::POST, "/api/v1/namespaces/ns/secrets", 409, already_exists(), |_| {}),
+        expect(Method::GET, POLICY, 404, not_found(), |_| {}),
         expect(
             Method::PATCH,
             "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/run-1-scanner",
@@ -615,4 +621,114 @@ async fn deleted_run_is_saved_as_revoked_before_its_finalizer_goes() {
 #[test]
 fn pod_fixture_is_a_pod() {
     let _: Pod = serde_json::from_value(pod_json(json!({}))).unwrap();
+}
+
+fn forbidden(message: &str) -> Option<Value> {
+    Some(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "reason": "Forbidden", "code": 403, "message": message}))
+}
+
+/// The NetworkPolicy as the API server stores what the operator applied: no `ingress`
+/// (the empty list is dropped), server-set metadata.
+fn stored_policy() -> Value {
+    use sanctum_operator::netpol::build_network_policy;
+    use sanctum_operator::plan::RunPlan;
+    let run: ScannerRun = serde_json::from_value(run_json(json!(null))).unwrap();
+    let config = config();
+    let plan = RunPlan::new(&run, &config).unwrap();
+    let mut policy = serde_json::to_value(build_network_policy(&run, &plan, &config)).unwrap();
+    policy["metadata"]["uid"] = json!("0a0a0a0a-0000-4000-8000-000000000002");
+    policy["metadata"]["resourceVersion"] = json!("77");
+    policy["metadata"]["managedFields"] =
+        json!([{"manager": "sanctum-operator", "operation": "Apply"}]);
+    policy
+}
+
+const MUST_SPECIFY: &str = "pods \"run-1-scanner\" is forbidden: failed quota: compute: must specify limits.cpu for: scanner";
+const EXCEEDED: &str = "pods \"run-1-scanner\" is forbidden: exceeded quota: compute, requested: limits.cpu=2, used: limits.cpu=3, limited: limits.cpu=4";
+
+/// Issue 13 item 10: a pod the API server refuses for good (the quota demands limits the
+/// pod lacks) ends the run `Failed` with an Event quoting the server, once.
+#[tokio::test]
+async fn refused_pod_fails_the_run_with_the_server_s_reason() {
+    let quoted = format!(
+        "the API server refused pod run-1-scanner: {MUST_SPECIFY}; fix what it names and create a new ScannerRun"
+    );
+    let q = quoted.clone();
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        expect(Method::POST, "/api/v1/namespaces/ns/secrets", 201, None, |_| {}),
+        status_patch(json!({"phase": "Pending"}), |_| {}),
+        expect(Method::GET, POLICY, 404, not_found(), |_| {}),
+        expect(Method::PATCH, POLICY, 200, None, |_| {}),
+        expect(Method::PATCH, POD, 403, forbidden(MUST_SPECIFY), |_| {}),
+        status_patch(json!({"phase": "Failed"}), move |status| {
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(status["message"], q.as_str());
+            assert_eq!(condition(status, "Provisioned")["status"], "False");
+            assert_eq!(condition(status, "Provisioned")["reason"], "Rejected");
+            assert_eq!(condition(status, "Finished")["status"], "True");
+        }),
+        expect(Method::POST, EVENTS, 201, None, move |body| {
+            assert_eq!(body["reason"], "Rejected");
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["note"], quoted.as_str());
+        }),
+    ];
+    scenario(run_json(json!(null)), script, key_slot()).await;
+}
+
+/// A quota that is used up now waits: `Pending` with `Provisioned=False/QuotaExceeded`
+/// and one Event; the stored NetworkPolicy (no `ingress`, as the server keeps it) is not
+/// written again.
+#[tokio::test]
+async fn exceeded_quota_waits_with_a_condition_and_writes_no_unchanged_policy() {
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        expect(Method::POST, "/api/v1/namespaces/ns/secrets", 201, None, |_| {}),
+        status_patch(json!({"phase": "Pending"}), |_| {}),
+        expect(Method::GET, POLICY, 200, Some(stored_policy()), |_| {}),
+        expect(Method::PATCH, POD, 403, forbidden(EXCEEDED), |_| {}),
+        status_patch(json!({"phase": "Pending"}), |status| {
+            assert_eq!(status["phase"], "Pending");
+            let c = condition(status, "Provisioned");
+            assert_eq!((&c["status"], &c["reason"]), (&json!("False"), &json!("QuotaExceeded")));
+            assert!(c["message"].as_str().unwrap().contains(EXCEEDED), "{c}");
+            assert!(status.get("completionTime").is_none());
+        }),
+        event("QuotaExceeded", "Warning"),
+    ];
+    scenario(run_json(json!(null)), script, key_slot()).await;
+}
+
+/// The retry of a waiting run that is refused the same way writes nothing at all: no
+/// policy, no status, no Event (each write would wake the controller again).
+#[tokio::test]
+async fn a_retry_refused_the_same_way_writes_nothing() {
+    let message = format!(
+        "the API server refused pod run-1-scanner: {EXCEEDED}; the run waits and retries until the namespace's quota has room (finished pods free it, or raise the ResourceQuota)"
+    );
+    let waiting = json!({"phase": "Pending", "message": message, "observedGeneration": 1, "conditions": [
+        {"type": "SecretCreated", "status": "True", "reason": "Created", "message": "created Secret run-1-sanctum holding the run's TraT",
+         "observedGeneration": 1, "lastTransitionTime": "2026-11-22T10:00:01Z"},
+        {"type": "Provisioned", "status": "False", "reason": "QuotaExceeded", "message": message,
+         "observedGeneration": 1, "lastTransitionTime": "2026-11-22T10:00:02Z"}]});
+    let script = vec![
+        expect(Method::GET, POD, 404, not_found(), |_| {}),
+        expect(Method::POST, "/api/v1/namespaces/ns/secrets", 409, already_exists(), |_| {}),
+        expect(Method::GET, POLICY, 200, Some(stored_policy()), |_| {}),
+        expect(Method::PATCH, POD, 403, forbidden(EXCEEDED), |_| {}),
+    ];
+    scenario(run_json(waiting), script, key_slot()).await;
+}
+
+#[test]
+fn retries_slow_down_between_5_s_and_5_min() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use sanctum_operator::reconcile::retry_delay;
+    let t = |s: &str| Time(s.parse().unwrap());
+    let since = t("2026-11-22T10:00:00Z");
+    assert_eq!(retry_delay(&since, &t("2026-11-22T10:00:01Z")).as_secs(), 5);
+    assert_eq!(retry_delay(&since, &t("2026-11-22T10:01:00Z")).as_secs(), 60);
+    assert_eq!(retry_delay(&since, &t("2026-11-22T12:00:00Z")).as_secs(), 300);
 }
