@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -15,6 +16,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+use crate::accept::{ConnCap, accept, http1_server};
 
 /// What a binary tells its admin server.
 pub trait AdminState: Send + Sync + 'static {
@@ -71,23 +74,51 @@ async fn handle<S: AdminState>(state: &S, req: Request<Incoming>) -> Response<Fu
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` completes.
+/// The admission rules of an admin port. Kept small on purpose: the admin port is reached
+/// by the kubelet's probes and a metrics scraper, a few connections at a time, and must never
+/// be able to use up the file descriptors the data port needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Most connections open at once; more are closed at accept. Default 32.
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request head after it opens (and between
+    /// keep-alive requests) before it is closed. Default 10 s (a probe sends its request at
+    /// once).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self { max_connections: 32, header_read_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Largest admin request head: the routes take no input beyond a path.
+const ADMIN_MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Serves the admin endpoints on `listener` until `shutdown` completes, with the default
+/// [`AdminLimits`].
 pub async fn serve<S: AdminState>(
     listener: TcpListener,
     state: Arc<S>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    serve_with(listener, state, AdminLimits::default(), shutdown).await;
+}
+
+/// [`serve`] with explicit [`AdminLimits`].
+pub async fn serve_with<S: AdminState>(
+    listener: TcpListener,
+    state: Arc<S>,
+    limits: AdminLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let cap = ConnCap::new("admin", limits.max_connections);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, slot) = tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    continue;
-                }
-            },
+            accepted = accept(&listener, &cap) => accepted,
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -95,9 +126,10 @@ pub async fn serve<S: AdminState>(
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&*state, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = http1_server(limits.header_read_timeout, ADMIN_MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
@@ -110,4 +142,78 @@ pub async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, std::io::
             format!("cannot listen on {addr} ({e}); choose another address with {flag}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Ready;
+    impl AdminState for Ready {
+        async fn ready(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn metrics(&self, _out: &mut String) {}
+    }
+
+    async fn start(limits: AdminLimits) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_with(listener, Arc::new(Ready), limits, std::future::pending()));
+        addr
+    }
+
+    async fn healthz(addr: SocketAddr) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out)).await;
+        out
+    }
+
+    /// Closed: the peer answered end of stream (or reset), within `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(within, stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_that_sends_nothing_is_closed_after_the_deadline() {
+        let deadline = Duration::from_millis(500);
+        let addr =
+            start(AdminLimits { header_read_timeout: deadline, ..AdminLimits::default() }).await;
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(5)).await,
+            "idle connection kept open"
+        );
+        assert!(closed_within(&mut half, Duration::from_secs(5)).await, "half a head kept open");
+        assert!(started.elapsed() >= deadline - Duration::from_millis(100));
+        assert!(healthz(addr).await.starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_and_probes_answer_once_a_place_frees() {
+        let addr =
+            start(AdminLimits { max_connections: 4, header_read_timeout: Duration::from_secs(30) })
+                .await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the server accept all four before the fifth arrives.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut beyond = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut beyond, Duration::from_secs(5)).await, "fifth connection kept");
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(healthz(addr).await.starts_with("HTTP/1.1 200"));
+    }
 }

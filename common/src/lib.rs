@@ -1,7 +1,9 @@
 //! What several Sanctum binaries share, written once: the header names, the default paths
 //! and ports of the design contract, the token claim types, the Anthropic-shaped error body,
-//! logging set-up and the small admin server (`/healthz`, `/readyz`, `/metrics`).
+//! logging set-up, the small admin server (`/healthz`, `/readyz`, `/metrics`) and the
+//! connection admission every listener shares ([`accept`]: connection cap, header deadline).
 
+pub mod accept;
 pub mod admin;
 pub mod claims;
 pub mod defaults;

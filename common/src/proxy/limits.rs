@@ -15,6 +15,10 @@ pub struct Limits {
     /// Time a client has to send a complete request head once it started one, and the
     /// longest a keep-alive connection may sit idle between requests. Default 60 s.
     pub header_read_timeout: Duration,
+    /// Most client connections open at once on a listener; one more is closed as soon as
+    /// it is accepted (with a log line). Bounds the file descriptors clients can hold.
+    /// Default 1024.
+    pub max_connections: usize,
     /// Time to open a connection to the upstream (socket connect, plus TLS). Default 5 s.
     pub connect_timeout: Duration,
     /// Time from sending a request to receiving the response head. Non-streaming model
@@ -45,6 +49,7 @@ impl Default for Limits {
         Self {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(60),
+            max_connections: 1024,
             connect_timeout: Duration::from_secs(5),
             response_head_timeout: Duration::from_secs(600),
             body_idle_timeout: Duration::from_secs(300),

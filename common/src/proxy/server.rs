@@ -17,14 +17,14 @@ use http::header::CONNECTION;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 /// Re-exported for [`serve_connection`] callers.
 pub use hyper_util::server::graceful::GracefulShutdown;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, UnixListener};
 use tokio::time::Instant;
 
+use crate::accept::{ConnCap, accept};
 use crate::error::ApiError;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::guard::HeadGuard;
@@ -42,28 +42,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
 
-/// A listener [`serve`] can accept connections from.
-pub trait Listener: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
-}
-
-impl Listener for TcpListener {
-    type Io = tokio::net::TcpStream;
-    async fn accept(&self) -> io::Result<Self::Io> {
-        let (stream, _) = TcpListener::accept(self).await?;
-        // Small writes (SSE events) must leave at once, not wait for Nagle.
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    }
-}
-
-impl Listener for UnixListener {
-    type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> io::Result<Self::Io> {
-        UnixListener::accept(self).await.map(|(stream, _)| stream)
-    }
-}
+/// Re-exported: the listeners [`serve`] accepts from (TCP, Unix), shared with every other
+/// accept loop through [`crate::accept`].
+pub use crate::accept::Listener;
 
 pin_project! {
     /// A connection whose read side also feeds the head guard, and whose shutdown is a
@@ -213,13 +194,7 @@ async fn one_request<H: Handler>(
 }
 
 fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
-        .max_header_size(limits.max_header_bytes);
-    builder
+    crate::accept::http1_server(limits.header_read_timeout, limits.max_header_bytes)
 }
 
 /// Serves one connection that the caller accepted itself — e.g. after a TLS handshake,
@@ -253,7 +228,8 @@ where
 }
 
 /// Serves `handler` on `listener` until `shutdown` completes, then stops accepting and
-/// gives in-flight requests (streams included) [`Limits::grace_period`] to finish.
+/// gives in-flight requests (streams included) [`Limits::grace_period`] to finish. At most
+/// [`Limits::max_connections`] connections are open at once; more are closed at accept.
 pub async fn serve<L: Listener, H: Handler>(
     listener: L,
     handler: Arc<H>,
@@ -262,21 +238,18 @@ pub async fn serve<L: Listener, H: Handler>(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let graceful = GracefulShutdown::new();
+    let cap = ConnCap::new("data", limits.max_connections);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let io = tokio::select! {
+        let (io, slot) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(io) => io,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, &cap) => accepted,
         };
-        tokio::spawn(serve_connection(io, handler.clone(), &limits, metrics.clone(), &graceful));
+        let connection = serve_connection(io, handler.clone(), &limits, metrics.clone(), &graceful);
+        tokio::spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
     drop(listener);
     tracing::info!(
