@@ -27,6 +27,7 @@ fn injected(identity: IdentityMount, trat: TratSource, config: &OperatorConfig) 
         gateway_url: "https://gateway.scan-infra.svc:8443".into(),
         agents: Agents::All,
         model: Some("claude-sonnet-4-5".into()),
+        resources: sanctum_operator::resources::effective(&config.pod.sidecar_resources, None),
     };
     inject(&mut spec, &injection).unwrap();
     spec.init_containers.unwrap()
