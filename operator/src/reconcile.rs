@@ -10,6 +10,11 @@
 //! - A pod deleted from under a run that has not finished fails the run (`PodDeleted`)
 //!   instead of starting it again: a second agent run costs money and may repeat side
 //!   effects, so re-running is the user's decision (create a new ScannerRun).
+//! - An object the API server refuses ends the run `Failed` (`Rejected`), or for a quota
+//!   used up right now leaves it `Pending` with `Provisioned=False`/`QuotaExceeded` and
+//!   tries again after 5 s to 5 min ([`crate::refusal`]); either way one Event quotes the
+//!   server. The NetworkPolicy is applied only when the server does not hold it already
+//!   ([`crate::stored`]), so a retry writes nothing and wakes nothing.
 //! - A spec that cannot be built fails the run with a condition and an Event, and is not
 //!   retried: only a new ScannerRun can fix it (the spec is immutable).
 //! - The run's Secret is used only if this run created it: right after the create succeeds
