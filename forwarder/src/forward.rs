@@ -23,9 +23,15 @@ pub struct Args {
     /// Unix socket to listen on (created owner-only; a stale socket is replaced).
     #[arg(long, env = "SANCTUM_LISTEN_SOCKET", default_value = defaults::LLM_SOCKET)]
     pub listen_socket: String,
-    /// Gateway URL (http or https).
+    /// Gateway URL: https, verified against the system roots plus --ca-file/--ca-pem. An
+    /// http URL is refused unless --allow-insecure-upstream is set.
     #[arg(long, env = "SANCTUM_UPSTREAM")]
     pub upstream: String,
+    /// Accept an http:// --upstream. Every request on this hop carries both bearer tokens
+    /// (the JWT-SVID and the TraT), so plain HTTP hands them to anyone on the path: only for
+    /// a gateway on a network you trust (a test, the same host).
+    #[arg(long, env = "SANCTUM_ALLOW_INSECURE_UPSTREAM")]
+    pub allow_insecure_upstream: bool,
     /// Extra PEM CA certificates to trust for an https upstream, besides the system roots.
     #[arg(long, env = "SANCTUM_CA_FILE", conflicts_with = "ca_pem")]
     pub ca_file: Option<PathBuf>,
@@ -106,6 +112,35 @@ impl AdminState for Admin {
     }
 }
 
+/// Refuses a plain-HTTP gateway unless `allow_insecure`: the hop carries both tokens.
+/// Checked before anything is bound, so a misconfigured sidecar fails at start with one line
+/// instead of sending tokens in clear.
+fn check_upstream_scheme(
+    upstream: &Upstream,
+    raw: &str,
+    allow_insecure: bool,
+) -> anyhow::Result<()> {
+    // Decided on the parsed URL, so `HTTP://` or any other spelling cannot slip through.
+    let is_http =
+        matches!(upstream, Upstream::Url { scheme, .. } if *scheme == http::uri::Scheme::HTTP);
+    let upstream = raw;
+    if is_http && !allow_insecure {
+        anyhow::bail!(
+            "refusing --upstream {upstream}: plain http would send both bearer tokens across the \
+             network in clear; use the gateway's https:// URL (its CA via --ca-file or \
+             SANCTUM_CA_PEM), or pass --allow-insecure-upstream \
+             (SANCTUM_ALLOW_INSECURE_UPSTREAM=true) for a gateway on a trusted network"
+        );
+    }
+    if is_http {
+        tracing::warn!(
+            upstream,
+            "plain-http gateway allowed by --allow-insecure-upstream: tokens cross the network in clear"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let runtime =
@@ -122,6 +157,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let mut upstream = Upstream::url(&args.upstream).context("--upstream")?;
+    check_upstream_scheme(&upstream, &args.upstream, args.allow_insecure_upstream)?;
     if let Some(ca) = &args.ca_file {
         upstream = upstream.with_ca_file(ca);
     }
@@ -150,4 +186,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("sanctum-forwarder forward stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, allow: bool) -> Result<(), String> {
+        let upstream = Upstream::url(url).map_err(|e| e.to_string())?;
+        check_upstream_scheme(&upstream, url, allow).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn plain_http_gateway_needs_the_explicit_flag_in_any_spelling() {
+        for url in ["http://gw:8080", "HTTP://gw:8080", "Http://gw/prefix"] {
+            let err = check(url, false).unwrap_err();
+            assert!(err.contains("--allow-insecure-upstream"), "{url}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+            assert!(check(url, true).is_ok(), "{url} with the flag");
+        }
+        assert!(check("https://gw:8443", false).is_ok());
+        assert!(check("HTTPS://gw:8443", false).is_ok());
+    }
 }

@@ -26,8 +26,23 @@ impl Drop for Forwarder {
     }
 }
 
-/// Starts the binary and waits for its ready line; `Err(log)` when it exits instead.
+/// Starts the binary and waits for its ready line; `Err(log)` when it exits instead. The
+/// stand-ins here speak plain HTTP, so an `http://` upstream gets --allow-insecure-upstream.
 fn spawn(socket: &Path, upstream: &str, extra: &[&str]) -> Result<Forwarder, String> {
+    let mut extra = extra.to_vec();
+    if upstream.starts_with("http://") {
+        extra.push("--allow-insecure-upstream");
+    }
+    spawn_exact(socket, upstream, &extra, &[])
+}
+
+/// [`spawn`] with exactly the flags and environment given.
+fn spawn_exact(
+    socket: &Path,
+    upstream: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<Forwarder, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
         .args([
             "forward",
@@ -41,6 +56,7 @@ fn spawn(socket: &Path, upstream: &str, extra: &[&str]) -> Result<Forwarder, Str
         .arg("--listen-socket")
         .arg(socket)
         .args(extra)
+        .envs(envs.iter().copied())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -499,4 +515,37 @@ async fn the_pool_drops_idle_connections_before_the_upstream_does() {
         assert_eq!(send(&fwd.socket, &messages_request(false, "")).await.status, 200);
     }
     assert_eq!(upstream.connections(), 12, "kept-alive connections are reused");
+}
+
+/// Issue 12 item 13: both bearer tokens cross the forwarder → gateway hop, so a plain-http
+/// gateway is refused at start, with one line naming the flag that allows it.
+#[tokio::test]
+async fn plain_http_gateway_is_refused_unless_explicitly_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = spawn_exact(&dir.path().join("a.sock"), "http://127.0.0.1:9", &[], &[])
+        .err()
+        .expect("an http upstream must be refused without the flag");
+    let line =
+        err.lines().find(|l| l.contains("refusing --upstream")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("--allow-insecure-upstream"), "{line}");
+    assert!(line.contains("SANCTUM_ALLOW_INSECURE_UPSTREAM"), "{line}");
+    assert!(!dir.path().join("a.sock").exists(), "nothing is bound before the check");
+    // The flag, or its environment variable (how a chart or a test harness sets it).
+    spawn_exact(
+        &dir.path().join("b.sock"),
+        "http://127.0.0.1:9",
+        &["--allow-insecure-upstream"],
+        &[],
+    )
+    .expect("the flag allows it");
+    spawn_exact(
+        &dir.path().join("c.sock"),
+        "http://127.0.0.1:9",
+        &[],
+        &[("SANCTUM_ALLOW_INSECURE_UPSTREAM", "true")],
+    )
+    .expect("the environment variable allows it");
+    // https needs no flag.
+    spawn_exact(&dir.path().join("d.sock"), "https://127.0.0.1:9", &[], &[])
+        .expect("https is the default path");
 }
