@@ -164,6 +164,12 @@ pub struct Options {
     /// is answered 503 with retry-after.
     #[arg(long, env = "SANCTUM_BODY_BYTES_IN_FLIGHT", default_value_t = 256 << 20)]
     pub body_bytes_in_flight: usize,
+    /// Most client connections open at once on --listen; one more is closed as soon as it
+    /// is accepted, with a log line. Keep it below the process's file-descriptor limit (each
+    /// connection can hold two: the client's and one to the provider). The admin port has
+    /// its own small cap (32), so probes and scrapes can never starve this one.
+    #[arg(long, env = "SANCTUM_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
     /// Extra CA certificates (PEM) for the provider, JWKS and revoked-list URLs.
     #[arg(long, env = "SANCTUM_CA_FILE")]
     pub ca_file: Option<PathBuf>,
@@ -293,7 +299,7 @@ async fn main(args: Options) -> anyhow::Result<()> {
         None => policy::Policies::default(),
     };
     let state = State::from_url(&args.state)?;
-    let limits = Limits::default();
+    let limits = Limits { max_connections: args.max_connections, ..Limits::default() };
     let proxy_metrics = Arc::new(ProxyMetrics::new("sanctum_gateway_proxy"));
     let mut upstream = Upstream::url(&args.upstream).context("invalid --upstream")?;
     if let Some(ca) = &args.ca_file {

@@ -20,8 +20,9 @@ use http::{HeaderName, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use sanctum_common::accept::{ConnCap, accept};
 use sanctum_common::headers::{AUTHORIZATION, PROXY_AUTHORIZATION, TXN_TOKEN, X_API_KEY};
 use sanctum_common::proxy::{
     HeadGuard, Limits, ProxyBody, ProxyMetrics, UpstreamClient, UpstreamError,
@@ -897,18 +898,17 @@ async fn serve_connection<T>(
             Ok::<_, Infallible>(response)
         }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192) * 2)
-        .max_header_size(limits.max_header_bytes);
+    let builder =
+        sanctum_common::accept::http1_server(limits.header_read_timeout, limits.max_header_bytes);
     if let Err(error) = watcher.watch(builder.serve_connection(io, service)).await {
         tracing::debug!(%error, "client connection ended with an error");
     }
 }
 
-/// Accepts on `listener` (TLS when `tls` is set) until `shutdown`, then drains.
+/// Accepts on `listener` (TLS when `tls` is set) until `shutdown`, then drains. At most
+/// `limits.max_connections` connections are open at once (more are closed at accept); a
+/// connection has 10 s for its TLS handshake and `limits.header_read_timeout` for each
+/// request head.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
@@ -917,25 +917,22 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let graceful = GracefulShutdown::new();
+    // The cap counts a connection from accept, through its TLS handshake, to its close.
+    let cap = ConnCap::new("gateway", limits.max_connections);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, slot) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, &cap) => accepted,
         };
-        let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let watcher = graceful.watcher();
         match &tls {
             None => {
-                tokio::spawn(serve_connection(gw, stream, limits, watcher));
+                tokio::spawn(async move {
+                    serve_connection(gw, stream, limits, watcher).await;
+                    drop(slot);
+                });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -950,6 +947,7 @@ pub async fn serve(
                         Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
+                    drop(slot);
                 });
             }
         }
