@@ -546,12 +546,21 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
     // The sidecars: forwarder first, so the bridge finds its socket when it starts.
     init.push(Container {
         command: Some(vec!["sanctum-forwarder".into()]),
-        args: Some(vec![
-            "forward".into(),
-            format!("--listen-socket={}", defaults::LLM_SOCKET),
-            format!("--upstream={}", injection.gateway_url),
-            format!("--admin-listen=0.0.0.0:{}", defaults::FORWARDER_ADMIN_PORT),
-        ]),
+        args: Some({
+            let mut args = vec![
+                "forward".into(),
+                format!("--listen-socket={}", defaults::LLM_SOCKET),
+                format!("--upstream={}", injection.gateway_url),
+                format!("--admin-listen=0.0.0.0:{}", defaults::FORWARDER_ADMIN_PORT),
+            ];
+            // The forwarder refuses plain http unless told; the operator config already
+            // refuses an http gateway unless gateway.allowInsecureHttp, so passing the flag
+            // here only carries that decision to the sidecar.
+            if injection.gateway_url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) {
+                args.push("--allow-insecure-upstream".into());
+            }
+            args
+        }),
         env: config.gateway.ca_bundle.as_ref().map(|pem| vec![env("SANCTUM_CA_PEM", pem.clone())]),
         restart_policy: Some("Always".into()),
         ports: Some(vec![ContainerPort {
@@ -665,6 +674,34 @@ mod tests {
         let names: Vec<_> =
             spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["write-trat", "sanctum-forwarder", "sanctum-bridge"]);
+    }
+
+    /// Issue 12 item 13: the forwarder refuses a plain-http gateway on its own, so the
+    /// injected sidecar carries the opt-out exactly when the (already allowed) URL is http.
+    #[test]
+    fn forwarder_is_allowed_plain_http_only_for_an_http_gateway() {
+        let config = OperatorConfig::default();
+        for (url, allowed) in
+            [("http://gw:8080", true), ("HTTP://gw:8080", true), ("https://gw:8443", false)]
+        {
+            let mut spec = pod(&["agent"]);
+            let mut inj = injection(&config);
+            inj.gateway_url = url.into();
+            inject(&mut spec, &inj).unwrap();
+            let forwarder = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .find(|c| c.name == "sanctum-forwarder")
+                .expect("forwarder injected");
+            let args = forwarder.args.as_deref().unwrap_or_default();
+            assert!(args.contains(&format!("--upstream={url}")), "{args:?}");
+            assert_eq!(
+                args.iter().any(|a| a == "--allow-insecure-upstream"),
+                allowed,
+                "{url}: {args:?}"
+            );
+        }
     }
 
     /// Issue 13 item 4: a cluster-wide proxy policy must not catch the loopback bridge.
