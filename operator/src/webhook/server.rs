@@ -20,13 +20,14 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::OperatorConfig;
 use crate::token_service::{self, TokenService, TokenServiceError};
 use crate::webhook::admission::{self, OptIn, Settings};
+use sanctum_common::accept::{ConnCap, accept, http1_server};
 use sanctum_common::tls::{self, ReloadingCert, TlsError};
 
 /// Largest AdmissionReview accepted (the API server caps objects at about 1.5 MiB; a
@@ -279,7 +280,13 @@ pub async fn bind(
     Ok(TlsListener { listener, acceptor })
 }
 
-/// Serves until `shutdown` completes, then lets open requests finish (at most 10 s).
+/// Most connections open at once (webhook calls from the API servers, TraT requests from
+/// injected pods starting); more are closed at accept, with a log line.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves until `shutdown` completes, then lets open requests finish (at most 10 s). At most
+/// 1024 connections are open at once; each has 10 s for its TLS handshake and for each
+/// request head.
 pub async fn serve(
     tls: TlsListener,
     state: Arc<WebhookState>,
@@ -297,21 +304,16 @@ pub async fn serve(
         });
     }
     let graceful = GracefulShutdown::new();
+    // The common admission rules (cap, accept back-off, head deadline): the webhook and the
+    // token service are reachable from every pod of the cluster.
+    let cap = ConnCap::new("webhook", MAX_CONNECTIONS);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = tls.listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, slot) = tokio::select! {
+            accepted = accept(&tls.listener, &cap) => accepted,
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let acceptor = tls.acceptor.clone();
         let state = state.clone();
         let watcher = graceful.watcher();
@@ -336,14 +338,12 @@ pub async fn serve(
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .keep_alive(true)
+            let conn = http1_server(Duration::from_secs(10), 64 * 1024)
                 .serve_connection(TokioIo::new(tls_stream), service);
             if let Err(error) = watcher.watch(conn).await {
                 tracing::debug!(%peer, %error, "webhook connection ended with an error");
             }
+            drop(slot);
         });
     }
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
