@@ -203,6 +203,7 @@ async fn run(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<()> {
             Command::new(bin("sanctum-forwarder")?)
                 .args([
                     "forward",
+                    "--allow-insecure-upstream",
                     "--upstream",
                     &format!("http://127.0.0.1:{p0}"),
                     "--admin-listen",

@@ -87,7 +87,9 @@ async fn chain() -> Option<Chain> {
     let socket = s.path("llm.sock");
     let forwarder = Kill(
         Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
-            .args(["forward", "--admin-listen", "127.0.0.1:0", "--upstream"])
+            // The test gateway serves plain http on loopback.
+            .args(["forward", "--admin-listen", "127.0.0.1:0", "--allow-insecure-upstream"])
+            .arg("--upstream")
             .arg(gw.url(""))
             .arg("--listen-socket")
             .arg(&socket)
