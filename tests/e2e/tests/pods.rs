@@ -137,6 +137,7 @@ async fn sanctum_runs_for_real() {
     the_reference_scanner_reviews_the_example_repository(&cluster, &install).await;
     injected_deployment_calls_through_the_chain(&cluster, &install).await;
     network_policy_is_enforced(&cluster, &install).await;
+    quotas_and_newer_fields(&cluster, &install).await;
     real_failures_end_runs_with_their_reason(&cluster, &install).await;
 }
 
@@ -437,4 +438,101 @@ async fn real_failures_end_runs_with_their_reason(cluster: &Cluster, install: &I
             "{name}: expected reason {reason}, got {reasons:?} ({ready:?})"
         );
     }
+}
+
+/// Field reports on the real API server: an injected pod keeps a field newer than our types
+/// (`env[].valueFrom.fileKeyRef`), a ResourceQuota on `limits.cpu` admits injected pods (every
+/// container Sanctum adds has limits), and a run whose pod the quota refuses waits with a
+/// condition that quotes the API server, without rewriting its objects.
+async fn quotas_and_newer_fields(cluster: &Cluster, install: &Install) {
+    let ns =
+        cluster.namespace("quota", &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+    kubectl_apply(
+        &json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "limits", "namespace": ns.name},
+            "spec": {"hard": {"limits.cpu": "4", "limits.memory": "4Gi", "pods": "1"}},
+        })
+        .to_string(),
+    );
+    let resources = json!({"requests": {"cpu": "50m", "memory": "64Mi"},
+                           "limits": {"cpu": "500m", "memory": "512Mi"}});
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "agent", "namespace": ns.name,
+                     "annotations": {"sanctum.dev/inject": "true"}},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "claude",
+                "image": image("sanctum-agent"),
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sanctum-agent", "sleep", "600"],
+                // Kubernetes 1.34+: newer than the types the webhook is built with.
+                "env": [{"name": "REGION", "valueFrom": {"fileKeyRef": {
+                    "volumeName": "env", "path": "app.env", "key": "REGION", "optional": true}}}],
+                "resources": resources,
+                "securityContext": restricted_container(),
+                "volumeMounts": [{"name": "env", "mountPath": "/env"}],
+            }],
+            "volumes": [{"name": "env", "emptyDir": {}}],
+        },
+    });
+    // kubectl, not our client: its types would drop fileKeyRef on the way back too.
+    kubectl_apply(&pod.to_string());
+    let out =
+        kubectl().args(["get", "pod", "agent", "-n", &ns.name, "-o", "json"]).output().unwrap();
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["metadata"]["annotations"]["sanctum.dev/status"], "injected");
+    let spec = &created["spec"];
+    let all = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["containers"].as_array().unwrap());
+    for c in all {
+        let limits = &c["resources"]["limits"];
+        assert!(
+            limits["cpu"].is_string() && limits["memory"].is_string(),
+            "{} has no limits",
+            c["name"]
+        );
+    }
+    let env = spec["containers"][0]["env"].as_array().unwrap();
+    let region = env.iter().find(|e| e["name"] == "REGION").unwrap();
+    assert_eq!(region["valueFrom"]["fileKeyRef"]["key"], "REGION", "{env:?}");
+
+    // The quota allows one pod, and the agent holds it: a run's pod is refused.
+    let _pv = repo_claim(&ns.name, &install.dir.path().join("repo-quota")).await;
+    let runs: Api<ScannerRun> = Api::namespaced(cluster.client.clone(), &ns.name);
+    runs.create(
+        &PostParams::default(),
+        &scanner_run(
+            "waits",
+            &ns.name,
+            json!({
+                "resources": resources,
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let condition =
+        wait_for("the run to say the quota refused its pod", Duration::from_secs(60), || async {
+            let run = runs.get("waits").await.ok()?;
+            let status = run.status?;
+            status.conditions.into_iter().find(|c| c.reason == "QuotaExceeded")
+        })
+        .await;
+    assert!(condition.message.contains("exceeded quota"), "{condition:?}");
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(cluster.client.clone(), &ns.name);
+    let before = policies.get("waits-scanner").await.unwrap().metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = policies.get("waits-scanner").await.unwrap().metadata.resource_version;
+    assert_eq!(before, after, "the NetworkPolicy is not rewritten while the run waits");
+    let run = runs.get("waits").await.unwrap();
+    assert_eq!(run.status.unwrap().phase, Some(Phase::Pending));
 }
