@@ -43,32 +43,63 @@ pub async fn latency(target: &Target, body_size: usize, n: usize) -> anyhow::Res
     Ok(Latency { p50: percentile(&samples, 0.5), p99: percentile(&samples, 0.99) })
 }
 
+/// Throughput at saturation: answered requests per second, and requests that failed (an
+/// error or a status other than 200; the connection is opened again after an error).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Throughput {
+    pub rps: f64,
+    pub failed: u64,
+}
+
 /// Requests per second with `conns` closed-loop connections for `secs`.
-pub async fn throughput(target: &Target, conns: usize, secs: f64) -> anyhow::Result<f64> {
+pub async fn throughput(target: &Target, conns: usize, secs: f64) -> anyhow::Result<Throughput> {
     let body = body_of_size(100, false);
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for _ in 0..conns {
         let (target, body) = (target.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let mut sender = target.connect().await?;
-            let mut done = 0u64;
+            let (mut done, mut failed) = (0u64, 0u64);
+            let mut sender = None;
             while Instant::now() < deadline {
-                sender.ready().await?;
-                let response = sender.send_request(messages_request(&body, &[])).await?;
-                anyhow::ensure!(response.status() == 200, "status {}", response.status());
-                response.into_body().collect().await?;
-                done += 1;
+                let s = match sender.as_mut() {
+                    Some(s) => s,
+                    None => match target.connect().await {
+                        Ok(s) => sender.insert(s),
+                        Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                };
+                let answer = async {
+                    s.ready().await?;
+                    let response = s.send_request(messages_request(&body, &[])).await?;
+                    let ok = response.status() == 200;
+                    response.into_body().collect().await?;
+                    anyhow::Ok(ok)
+                };
+                match answer.await {
+                    Ok(true) => done += 1,
+                    Ok(false) => failed += 1,
+                    Err(_) => {
+                        failed += 1;
+                        sender = None;
+                    }
+                }
             }
-            anyhow::Ok(done)
+            (done, failed)
         }));
     }
     let start = Instant::now();
-    let mut total = 0;
+    let (mut total, mut failed) = (0, 0);
     for t in tasks {
-        total += t.await.context("load task")??;
+        let (d, f) = t.await.context("load task")?;
+        total += d;
+        failed += f;
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64().max(secs))
+    Ok(Throughput { rps: total as f64 / start.elapsed().as_secs_f64().max(secs), failed })
 }
 
 fn unix_nanos() -> u128 {

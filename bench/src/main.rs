@@ -6,6 +6,7 @@
 
 mod load;
 mod procs;
+mod relay;
 mod target;
 
 use std::collections::BTreeMap;
@@ -46,16 +47,27 @@ struct Cli {
     /// `127.0.0.1:PORT` or a Unix socket path, for --drive.
     #[arg(long)]
     drive_target: Option<String>,
+    /// Run as the bare relay (the floor subject): listen here (`127.0.0.1:PORT` or a path)…
+    #[arg(long, requires = "relay_to")]
+    relay_listen: Option<String>,
+    /// …and relay every connection to this address or socket path.
+    #[arg(long)]
+    relay_to: Option<String>,
     /// Directory of the repository's bench/ folder (peers and venv).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR")))]
     bench_dir: PathBuf,
 }
+
+/// The floor subject: a bare byte relay in its own process (bench/src/relay.rs).
+const FLOOR: &str = "floor: bare relay";
 
 #[derive(Debug, Clone, Default)]
 struct Row {
     small: load::Latency,
     large: load::Latency,
     rps: f64,
+    /// Failed requests in the throughput phase (errors and non-200 answers).
+    failed: u64,
     sse_us: f64,
     rss_200_kib: u64,
     streams_ok: usize,
@@ -77,6 +89,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let (Some(listen), Some(to)) = (&cli.relay_listen, &cli.relay_to) {
+        return tokio::task::block_in_place(|| relay::run(listen, to));
+    }
     if let Some(n) = cli.drive {
         let t = cli.drive_target.as_deref().context("--drive needs --drive-target")?;
         let target = match t.parse() {
@@ -141,6 +156,17 @@ async fn run(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<()> {
                 .arg("--trat-file")
                 .arg(&trat_file)
                 .env("RUST_LOG", "warn"),
+        )
+        .await?,
+    );
+    let pf = free_port()?;
+    bridge_subjects.push(
+        start(
+            FLOOR,
+            Target::Tcp(([127, 0, 0, 1], pf).into()),
+            Command::new(std::env::current_exe()?)
+                .args(["--relay-listen", &format!("127.0.0.1:{pf}"), "--relay-to"])
+                .arg(&uds),
         )
         .await?,
     );
@@ -215,6 +241,18 @@ async fn run(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<()> {
         )
         .await?,
     );
+    let floor_sock = dir.join("relay.sock");
+    fwd_subjects.push(
+        start(
+            FLOOR,
+            Target::Unix(floor_sock.clone()),
+            Command::new(std::env::current_exe()?)
+                .arg("--relay-listen")
+                .arg(&floor_sock)
+                .args(["--relay-to", &format!("127.0.0.1:{p0}")]),
+        )
+        .await?,
+    );
     if !cli.no_peers {
         let nginx_sock = dir.join("nginx.sock");
         let conf = dir.join("nginx.conf");
@@ -238,12 +276,13 @@ async fn run(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<()> {
         for s in bridge_subjects.iter_mut().chain(fwd_subjects.iter_mut()) {
             let row = measure(cli, s).await.with_context(|| format!("measuring {}", s.name))?;
             eprintln!(
-                "  {:<22} p50 {:>7.0} µs  p99 {:>7.0} µs  100KB p50 {:>7.0} µs  {:>7.0} req/s  SSE {:>5.0} µs  RSS@200 {:>6} KiB ({} of 200 complete)",
+                "  {:<22} p50 {:>7.0} µs  p99 {:>7.0} µs  100KB p50 {:>7.0} µs  {:>7.0} req/s ({} failed)  SSE {:>5.0} µs  RSS@200 {:>6} KiB ({} of 200 complete)",
                 s.name,
                 row.small.p50,
                 row.small.p99,
                 row.large.p50,
                 row.rps,
+                row.failed,
                 row.sse_us,
                 row.rss_200_kib,
                 row.streams_ok
@@ -272,12 +311,12 @@ async fn start(name: &'static str, target: Target, cmd: &mut Command) -> anyhow:
 async fn measure(cli: &Cli, s: &Subject) -> anyhow::Result<Row> {
     let small = load::latency(&s.target, 100, cli.requests).await?;
     let large = load::latency(&s.target, 100 * 1024, cli.large_requests).await?;
-    let rps = load::throughput(&s.target, cli.conns, cli.secs).await?;
+    let load::Throughput { rps, failed } = load::throughput(&s.target, cli.conns, cli.secs).await?;
     let sse_us = load::sse_event_delay(&s.target, 5, 50, 2).await?;
     let proc_ = s.proc_.as_ref();
     let (streams_ok, rss_200_kib) =
         load::concurrent_streams(&s.target, 200, 40, 25, || proc_.map_or(0, Proc::rss_kib)).await?;
-    Ok(Row { small, large, rps, sse_us, rss_200_kib, streams_ok })
+    Ok(Row { small, large, rps, failed, sse_us, rss_200_kib, streams_ok })
 }
 
 fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
@@ -288,6 +327,9 @@ fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
     println!(
         "Medians of {} rounds. Latency: {} sequential requests (small, ~100 B body) and {} (100 KB body) on one keep-alive connection; added = minus direct. Throughput: {} connections, {} s. SSE: per-event delivery delay, 250 events 2 ms apart. RSS: idle after start, and while 200 SSE streams are open.\n",
         cli.rounds, cli.requests, cli.large_requests, cli.conns, cli.secs
+    );
+    println!(
+        "Thread budgets: sanctum-bridge and sanctum-forwarder 1 thread (their default, a current-thread runtime); nginx 1 worker process (+ an idle master); Python bridge and mitmproxy 1 asyncio event loop each; the floor relay 2 blocking threads per connection (no event loop: the cheapest possible hop). The load generator has 2 runtime threads; everything shares the machine's 2 cores.\n"
     );
     println!(
         "| | p50 small | p99 small | added p50 / p99 small | added p50 / p99 100 KB | req/s | SSE event delay (added) | RSS idle | RSS 200 streams |"
@@ -311,9 +353,10 @@ fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
         ];
         let rss200 = med(s, &|r| r.rss_200_kib as f64);
         let complete = s.rows.iter().map(|r| r.streams_ok).min().unwrap_or(0);
+        let failed: u64 = s.rows.iter().map(|r| r.failed).sum();
         if s.proc_.is_none() {
             println!(
-                "| {} | {:.0} µs | {:.0} µs | – | – | {:.0} | {:.0} µs (absolute) | – | – |",
+                "| {} | {:.0} µs | {:.0} µs | – | – | {:.0} ({failed} failed) | {:.0} µs (absolute) | – | – |",
                 s.name,
                 v[0],
                 v[1],
@@ -322,7 +365,7 @@ fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
             );
         } else {
             println!(
-                "| {} | {:.0} µs | {:.0} µs | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} | {:.0} µs | {:.1} MiB | {:.1} MiB{} |",
+                "| {} | {:.0} µs | {:.0} µs | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} ({failed} failed) | {:.0} µs | {:.1} MiB | {:.1} MiB{} |",
                 s.name,
                 v[0],
                 v[1],
@@ -343,7 +386,9 @@ fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
         }
         summary.insert(s.name, v);
     }
-    let Some(us) = summary.get(ours).copied() else { return };
+    if !summary.contains_key(ours) {
+        return;
+    }
     println!("\nRatios for {ours}:\n");
     println!(
         "| against | throughput (×) | added p50 small (peer ÷ ours) | added p99 small | added p50 100 KB | SSE added delay |"
@@ -354,16 +399,38 @@ fn print_report(title: &str, subjects: &[Subject], ours: &str, cli: &Cli) {
     let of_direct =
         median(ours_rows.iter().zip(&direct.rows).map(|(a, b)| a.rps / b.rps).collect());
     println!("| direct | {of_direct:.2} of direct | – | – | – | – |");
+    // Every ratio is computed within a round (both subjects measured minutes apart at most,
+    // under the same load), then the median of the per-round ratios is reported.
+    let per_round = |peer: &Subject, f: &dyn Fn(&Row, &Row, &Row) -> f64| {
+        median(
+            ours_rows
+                .iter()
+                .zip(&peer.rows)
+                .zip(&direct.rows)
+                .map(|((o, p), d)| f(o, p, d))
+                .collect(),
+        )
+    };
     for s in subjects.iter().skip(1).filter(|s| s.name != ours) {
-        let p = summary[s.name];
+        let added =
+            |get: fn(&Row) -> f64| per_round(s, &|o, p, d| (get(p) - get(d)) / (get(o) - get(d)));
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             s.name,
-            us[6] / p[6],
-            p[2] / us[2],
-            p[3] / us[3],
-            p[4] / us[4],
-            p[7] / us[7]
+            per_round(s, &|o, p, _| o.rps / p.rps),
+            added(|r| r.small.p50),
+            added(|r| r.small.p99),
+            added(|r| r.large.p50),
+            added(|r| r.sse_us),
+        );
+    }
+    if let Some(floor) = subjects.iter().find(|s| s.name == FLOOR) {
+        let above = |get: fn(&Row) -> f64| per_round(floor, &|o, f, _| get(o) - get(f));
+        println!(
+            "\n{ours} above the floor (same-round difference, median): p50 small {:.0} µs, p50 100 KB {:.0} µs, SSE {:.0} µs",
+            above(|r| r.small.p50),
+            above(|r| r.large.p50),
+            above(|r| r.sse_us)
         );
     }
 }

@@ -11,6 +11,12 @@ pub struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Each subject runs in its own process group: the whole group goes, so no nginx
+        // worker (or other child) outlives its run.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -18,7 +24,9 @@ impl Drop for Proc {
 
 impl Proc {
     pub fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
