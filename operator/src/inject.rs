@@ -71,6 +71,10 @@ pub struct Injection<'a> {
     /// Requests and limits of the injected containers, by name
     /// ([`crate::resources::effective`]).
     pub resources: crate::resources::Overrides,
+    /// Whether agent containers keep a Kubernetes API token mount (the pod opted in with
+    /// `sanctum.dev/allow-api-token: "true"`). Off by default: an agent has no business
+    /// with the API server, and a prompt-injected one would hold a credential.
+    pub allow_api_token: bool,
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -87,6 +91,14 @@ pub enum InjectError {
         "container '{container}' declares port {port}, which the Sanctum sidecars use; choose another port"
     )]
     PortClash { container: String, port: i32 },
+    #[error(
+        "spec.{list}[{container}].volumeMounts: container '{container}' mounts volume '{volume}', which holds the pod's tokens; only Sanctum's containers may mount it — remove that mount"
+    )]
+    TokenVolumeMount { list: &'static str, container: String, volume: String },
+    #[error(
+        "spec.shareProcessNamespace: true lets every container read the Sanctum sidecars' memory and files through /proc (the pod's tokens with them); remove it or the injection opt-in"
+    )]
+    SharedProcessNamespace,
     #[error("sanctum.dev/containers names '{0}', which is not a container of this pod")]
     UnknownContainer(String),
     #[error("the pod has no containers to inject into")]
@@ -100,9 +112,11 @@ const SPIRE_AGENT_DIR: &str = "/spiffe-workload-api";
 const HELPER_CONFIG_DIR: &str = "/etc/spiffe-helper";
 const VOLUME_SPIFFE_HELPER: &str = "sanctum-spiffe-helper";
 const VOLUME_SA_TOKEN: &str = "sanctum-sa-token";
-const INJECTED_CONTAINERS: [&str; 4] =
+/// The containers injection adds (never a pod's own).
+pub const INJECTED_CONTAINERS: [&str; 4] =
     [CONTAINER_FETCH_JWT, CONTAINER_WRITE_TRAT, CONTAINER_FORWARDER, CONTAINER_BRIDGE];
-const INJECTED_VOLUMES: [&str; 6] = [
+/// The volumes injection adds; they hold the pod's tokens.
+pub const INJECTED_VOLUMES: [&str; 6] = [
     VOLUME_SAGE,
     VOLUME_SPIFFE,
     VOLUME_SPIRE_AGENT,
@@ -235,8 +249,32 @@ fn projected_sa_token(name: &str, audience: &str, expiration: i64, path: &str) -
     }
 }
 
-/// Refuses pods whose names, mounts or ports would collide with what is injected.
+/// Refuses pods whose names, mounts or ports would collide with what is injected, and pods
+/// whose own containers could reach the tokens: by mounting an injected volume by name
+/// (it exists once the pod is injected, wherever the mount puts it), or through a shared
+/// process namespace (`/proc/<pid>/root` of a sidecar).
 fn check_clashes(spec: &PodSpec) -> Result<(), InjectError> {
+    if spec.share_process_namespace == Some(true) {
+        return Err(InjectError::SharedProcessNamespace);
+    }
+    let lists: [(&'static str, &[Container]); 2] = [
+        ("containers", &spec.containers),
+        ("initContainers", spec.init_containers.as_deref().unwrap_or_default()),
+    ];
+    for (list, containers) in lists {
+        for c in containers.iter().filter(|c| !INJECTED_CONTAINERS.contains(&c.name.as_str())) {
+            let mounts = c.volume_mounts.iter().flatten();
+            if let Some(m) =
+                mounts.into_iter().find(|m| INJECTED_VOLUMES.contains(&m.name.as_str()))
+            {
+                return Err(InjectError::TokenVolumeMount {
+                    list,
+                    container: c.name.clone(),
+                    volume: m.name.clone(),
+                });
+            }
+        }
+    }
     let app = spec.containers.iter();
     let init = spec.init_containers.iter().flatten();
     let clashing: BTreeSet<&str> = app
@@ -416,6 +454,24 @@ pub fn set_agent_env(container: &mut Container, model: Option<&str>) -> Vec<Stri
     }
     keep_loopback_off_proxies(envs, &mut removed);
     removed
+}
+
+/// Where the kubelet puts the Kubernetes API token of the pod's ServiceAccount.
+pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Removes the Kubernetes API token mount (automounted or written by hand at the standard
+/// path) from an agent container: the agent has no business with the API server, and a
+/// prompt-injected one would hold a credential. Idempotent.
+fn drop_api_token_mount(container: &mut Container) {
+    if let Some(mounts) = container.volume_mounts.as_mut() {
+        mounts.retain(|m| {
+            let path = m.mount_path.trim_end_matches('/');
+            !(path == API_TOKEN_DIR || path.starts_with(&format!("{API_TOKEN_DIR}/")))
+        });
+        if mounts.is_empty() {
+            container.volume_mounts = None;
+        }
+    }
 }
 
 /// An agent container: an app container, or one of the pod's own init containers (which
@@ -608,6 +664,14 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
         for name in set_agent_env(container, injection.model.as_deref()) {
             removed.push(format!("{}: {name}", container.name));
         }
+        if !injection.allow_api_token {
+            drop_api_token_mount(container);
+        }
+    }
+    if !injection.allow_api_token {
+        // The API server mounted the token before the webhook ran; this keeps a second
+        // pass of its ServiceAccount admission (webhook reinvocation) from mounting it again.
+        spec.automount_service_account_token = Some(false);
     }
     // Ours run before the pod's own init containers, which may call the model too.
     init.extend(spec.init_containers.take().unwrap_or_default());
@@ -646,6 +710,7 @@ mod tests {
             agents: Agents::All,
             model: Some("claude-sonnet-4-5".into()),
             resources: crate::resources::effective(&config.pod.sidecar_resources, None),
+            allow_api_token: false,
         }
     }
 

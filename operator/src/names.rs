@@ -17,6 +17,9 @@ pub const ANNOTATION_TRAT_SECRET: &str = "sanctum.dev/trat-secret";
 /// Requests and limits of the injected containers for one pod, over the operator config's
 /// `pod.sidecarResources` (issue 13 item 8; shape in `crate::resources`).
 pub const ANNOTATION_SIDECAR_RESOURCES: &str = "sanctum.dev/sidecar-resources";
+/// `"true"` keeps the Kubernetes API token mount in injected agent containers (issue 12
+/// item 5); without it injection removes that mount.
+pub const ANNOTATION_ALLOW_API_TOKEN: &str = "sanctum.dev/allow-api-token";
 pub const NAMESPACE_LABEL_INJECTION: &str = "sanctum.dev/injection";
 pub const LABEL_RUN: &str = "sanctum.dev/run";
 /// The run's UID: SPIRE registration templates build the SPIFFE ID from it.

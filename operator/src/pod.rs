@@ -150,6 +150,8 @@ pub fn injection<'a>(
         agents: Agents::All,
         model: run.spec.agent.as_ref().and_then(|a| a.model.clone()),
         resources: crate::resources::effective(&config.pod.sidecar_resources, None),
+        // The pod sets automountServiceAccountToken: false itself.
+        allow_api_token: false,
     }
 }
 

@@ -243,13 +243,33 @@ async fn injection_matrix() {
     let r = admit(&s, "/mutate", &pod(json!({}), json!([agent("a")])), "team").await;
     assert!(r.allowed && r.patched.is_none());
 
-    // Already injected: untouched.
+    // Marked injected by hand (issue 12 item 4): the mark is checked, not trusted. A pod
+    // that wrote the annotation itself, with or without a look-alike `sanctum-bridge` and
+    // its real key still in its env, is refused on both entries.
     let marked = pod(
         json!({"sanctum.dev/inject": "true", "sanctum.dev/status": "injected"}),
         json!([agent("a")]),
     );
-    let r = admit(&s, "/mutate", &marked, "team").await;
-    assert!(r.allowed && r.patched.is_none());
+    let mut forged = marked.clone();
+    forged["spec"]["initContainers"] =
+        json!([{"name": "sanctum-bridge", "image": "busybox", "restartPolicy": "Always"}]);
+    for (input, field) in [(&marked, "spec.initContainers"), (&forged, "spec.initContainers")] {
+        for path in ["/mutate", "/mutate/namespace"] {
+            let r = admit(&s, path, input, "team").await;
+            assert!(!r.allowed, "{path}: {}", r.message);
+            assert!(r.message.contains("marked sanctum.dev/status: injected"), "{}", r.message);
+            assert!(r.message.contains(field), "{}", r.message);
+        }
+    }
+    // An injected pod whose agent got its real key back is refused too.
+    let mut keyed = serde_json::to_value(&injected).unwrap();
+    let agent_env = keyed["spec"]["containers"][0]["env"].as_array_mut().unwrap();
+    for e in agent_env.iter_mut().filter(|e| e["name"] == "ANTHROPIC_API_KEY") {
+        e["value"] = json!("sk-ant-real");
+    }
+    let r = admit(&s, "/mutate", &keyed, "team").await;
+    assert!(!r.allowed, "{}", r.message);
+    assert!(r.message.contains("spec.containers[claude].env"), "{}", r.message);
 
     // Never kube-system or the operator's namespace.
     for ns in ["kube-system", "sanctum-system"] {
@@ -584,4 +604,144 @@ async fn certificate_reload_keeps_open_connections() {
     // The connection made before the rotation still works.
     let (status, _) = post(&mut old, "/mutate", "x").await;
     assert_eq!(status, 400);
+}
+
+/// Sends `object` (and `old`) as an UPDATE, optionally of a subresource.
+async fn admit_update(s: &Server, old: &Value, object: &Value, sub_resource: &str) -> Reply {
+    let mut body = review(object, "team");
+    body["request"]["operation"] = json!("UPDATE");
+    body["request"]["oldObject"] = old.clone();
+    if !sub_resource.is_empty() {
+        body["request"]["subResource"] = json!(sub_resource);
+    }
+    let (mut sender, _) = connect(s.addr, &s.ca).await;
+    let (status, bytes) = post(&mut sender, "/mutate", body.to_string()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let raw: Value = serde_json::from_slice(&bytes).unwrap();
+    let response = &raw["response"];
+    assert!(response.get("patch").is_none(), "an UPDATE is never patched");
+    Reply {
+        allowed: response["allowed"].as_bool().unwrap(),
+        message: response["status"]["message"].as_str().unwrap_or("").to_owned(),
+        patched: None,
+        raw,
+    }
+}
+
+/// Issue 12 item 5: pod specs that would hand the agent the pod's tokens are refused, each
+/// with a message naming the field; the agent loses its Kubernetes API token mount unless
+/// the pod opts in.
+#[tokio::test]
+async fn specs_that_reach_the_tokens_are_refused() {
+    let s = start(config()).await;
+    let yes = json!({"sanctum.dev/inject": "true"});
+
+    // An app container mounting an injected volume by name, at a path of its own.
+    for volume in ["sanctum-sage", "sanctum-spiffe", "sanctum-sa-token"] {
+        let mut p = pod(yes.clone(), json!([agent("a")]));
+        p["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": volume, "mountPath": "/tmp/loot", "readOnly": true}]);
+        let r = admit(&s, "/mutate", &p, "team").await;
+        assert!(!r.allowed, "{volume}");
+        assert!(r.message.contains("spec.containers[a].volumeMounts"), "{}", r.message);
+        assert!(r.message.contains(volume), "{}", r.message);
+    }
+    // The same from one of the pod's own init containers.
+    let mut p = pod(yes.clone(), json!([agent("a")]));
+    p["spec"]["initContainers"] = json!([{"name": "warm", "image": "x",
+        "volumeMounts": [{"name": "sanctum-sage", "mountPath": "/x"}]}]);
+    let r = admit(&s, "/mutate", &p, "team").await;
+    assert!(!r.allowed && r.message.contains("spec.initContainers[warm]"), "{}", r.message);
+
+    // A shared process namespace.
+    let mut p = pod(yes.clone(), json!([agent("a")]));
+    p["spec"]["shareProcessNamespace"] = json!(true);
+    let r = admit(&s, "/mutate", &p, "team").await;
+    assert!(!r.allowed && r.message.contains("spec.shareProcessNamespace"), "{}", r.message);
+
+    // An app container running as the sidecars' UID, set on the container or the pod.
+    let uid = OperatorConfig::default().pod.run_as_user;
+    let mut p = pod(yes.clone(), json!([agent("a")]));
+    p["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": uid});
+    let r = admit(&s, "/mutate", &p, "team").await;
+    assert!(
+        !r.allowed && r.message.contains("spec.containers[a].securityContext.runAsUser"),
+        "{}",
+        r.message
+    );
+    let mut p = pod(yes.clone(), json!([agent("a")]));
+    p["spec"]["securityContext"] = json!({"runAsUser": uid});
+    let r = admit(&s, "/mutate", &p, "team").await;
+    assert!(!r.allowed && r.message.contains("spec.securityContext.runAsUser"), "{}", r.message);
+
+    // The API server's automounted API token: gone from the agent unless the pod opts in.
+    let sa_mount = json!([{"name": "kube-api-access-x1",
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]);
+    let mut p = pod(yes.clone(), json!([agent("a"), {"name": "db", "image": "pg"}]));
+    p["metadata"]["annotations"]["sanctum.dev/containers"] = json!("a");
+    p["spec"]["containers"][0]["volumeMounts"] = sa_mount.clone();
+    p["spec"]["containers"][1]["volumeMounts"] = sa_mount.clone();
+    p["spec"]["volumes"] = json!([{"name": "kube-api-access-x1", "projected": {"sources": []}}]);
+    let r = admit(&s, "/mutate", &p, "team").await;
+    let injected = r.patched.expect("injected");
+    let spec = injected.spec.as_ref().unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert!(spec.containers[0].volume_mounts.is_none(), "agent keeps no API token");
+    assert_eq!(spec.containers[1].volume_mounts.as_ref().unwrap().len(), 1, "db is no agent");
+    p["metadata"]["annotations"]["sanctum.dev/allow-api-token"] = json!("true");
+    let r = admit(&s, "/mutate", &p, "team").await;
+    let kept = r.patched.expect("injected");
+    assert_eq!(kept.spec.as_ref().unwrap().containers[0].volume_mounts.as_ref().unwrap().len(), 1);
+
+    // UPDATEs of an injected pod.
+    let r = admit(&s, "/mutate", &pod(yes.clone(), json!([agent("a")])), "team").await;
+    let old = serde_json::to_value(r.patched.unwrap()).unwrap();
+    let same = admit_update(&s, &old, &old, "").await;
+    assert!(same.allowed, "{}", same.message);
+    // The image of a Sanctum container swapped.
+    let mut swapped = old.clone();
+    let bridge = swapped["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == "sanctum-bridge")
+        .unwrap();
+    bridge["image"] = json!("evil/bridge:1");
+    let r = admit_update(&s, &old, &swapped, "").await;
+    assert!(!r.allowed, "{}", r.message);
+    assert!(r.message.contains("spec.initContainers[sanctum-bridge].image"), "{}", r.message);
+    // The app's own image may change.
+    let mut app = old.clone();
+    app["spec"]["containers"][0]["image"] = json!("ghcr.io/example/claude:2");
+    assert!(admit_update(&s, &old, &app, "").await.allowed);
+    // Ephemeral containers: a token volume, or a sidecar's process namespace, is refused;
+    // debugging the agent is not.
+    for (ephemeral, field) in [
+        (
+            json!({"name": "dbg", "image": "busybox",
+                "volumeMounts": [{"name": "sanctum-sage", "mountPath": "/loot"}]}),
+            Some("spec.ephemeralContainers[dbg].volumeMounts[sanctum-sage]"),
+        ),
+        (
+            json!({"name": "dbg", "image": "busybox", "targetContainerName": "sanctum-bridge"}),
+            Some("spec.ephemeralContainers[dbg].targetContainerName"),
+        ),
+        (json!({"name": "dbg", "image": "busybox", "targetContainerName": "a"}), None),
+    ] {
+        let mut debugged = old.clone();
+        debugged["spec"]["ephemeralContainers"] = json!([ephemeral]);
+        let r = admit_update(&s, &old, &debugged, "ephemeralcontainers").await;
+        match field {
+            Some(field) => {
+                assert!(!r.allowed, "{ephemeral}");
+                assert!(r.message.contains(field), "{}", r.message);
+            }
+            None => assert!(r.allowed, "{}", r.message),
+        }
+    }
+    // A pod Sanctum did not inject is not Sanctum's to guard.
+    let plain = pod(json!({}), json!([agent("a")]));
+    let mut plain_debug = plain.clone();
+    plain_debug["spec"]["shareProcessNamespace"] = json!(true);
+    assert!(admit_update(&s, &plain, &plain_debug, "").await.allowed);
 }

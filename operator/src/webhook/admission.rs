@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
 use serde_json::{Value, json};
@@ -67,6 +67,16 @@ pub enum Refusal {
     Annotation { annotation: &'static str, message: String },
     #[error("Sanctum cannot read this pod: {0}")]
     Pod(String),
+    #[error(
+        "{field}: container '{container}' runs as UID {uid}, the UID of the Sanctum sidecars, so it could read their files and memory (the pod's tokens); run it as another UID"
+    )]
+    SidecarUid { field: String, container: String, uid: i64 },
+    #[error(
+        "this pod is marked sanctum.dev/status: injected but is not what Sanctum's injection makes of it ({0}); remove the sanctum.dev/status annotation and Sanctum's containers and volumes, and let the webhook inject it"
+    )]
+    NotInjected(String),
+    #[error("{field}: {message}")]
+    Update { field: String, message: String },
 }
 
 /// The outcome for one pod, before it is wrapped in a response.
@@ -172,6 +182,7 @@ pub fn injection_for<'a>(
         agents,
         model: model.map(str::to_owned),
         resources,
+        allow_api_token: annotation(pod, ANNOTATION_ALLOW_API_TOKEN).map(str::trim) == Some("true"),
     })
 }
 
@@ -193,6 +204,7 @@ pub fn inject_pod(
     if spec.host_network == Some(true) {
         return Err(Refusal::HostNetwork);
     }
+    check_uids(spec, config.pod.run_as_user)?;
     let snapshot = Pod { metadata: pod.metadata.clone(), spec: None, status: None };
     let injection = injection_for(&snapshot, config, settings)?;
     let spec = pod.spec.as_mut().ok_or_else(|| Refusal::Pod("it has no spec".into()))?;
@@ -207,18 +219,151 @@ pub fn inject_pod(
     Ok(())
 }
 
-/// Whether the pod is one Sanctum must never touch or has already injected.
-pub fn skip_reason(pod: &Pod, namespace: &str, config: &OperatorConfig) -> Option<&'static str> {
+/// Refuses a pod's own container that runs as the sidecars' UID: with the same UID it may
+/// read `/proc/<pid>/root` of a sidecar whose process namespace it shares (an ephemeral
+/// container, a runtime that shares it). Only what the spec says is known here; an image's
+/// default user is not.
+fn check_uids(spec: &PodSpec, sidecar_uid: i64) -> Result<(), Refusal> {
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let lists: [(&str, &[Container]); 2] = [
+        ("containers", &spec.containers),
+        ("initContainers", spec.init_containers.as_deref().unwrap_or_default()),
+    ];
+    for (list, containers) in lists {
+        for c in containers {
+            let own = c.security_context.as_ref().and_then(|s| s.run_as_user);
+            let field = match (own, pod_uid) {
+                (Some(uid), _) if uid == sidecar_uid => {
+                    format!("spec.{list}[{}].securityContext.runAsUser", c.name)
+                }
+                (None, Some(uid)) if uid == sidecar_uid => "spec.securityContext.runAsUser".into(),
+                _ => continue,
+            };
+            return Err(Refusal::SidecarUid { field, container: c.name.clone(), uid: sidecar_uid });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the pod is one Sanctum must never touch.
+pub fn skip_reason(namespace: &str, config: &OperatorConfig) -> Option<&'static str> {
     if namespace == "kube-system" {
         return Some("kube-system is never injected");
     }
     if namespace == config.namespace {
         return Some("the operator's own namespace is never injected");
     }
-    if annotation(pod, ANNOTATION_STATUS) == Some(STATUS_INJECTED) {
-        return Some("already injected");
-    }
     None
+}
+
+fn is_marked_injected(pod: &Pod) -> bool {
+    annotation(pod, ANNOTATION_STATUS) == Some(STATUS_INJECTED)
+}
+
+/// Checks that a pod marked `sanctum.dev/status: injected` is exactly what injection makes
+/// of it, so the mark is a fact rather than a label anyone can write: its Sanctum containers
+/// and volumes are taken out, the pod is injected again (with its own annotations), and
+/// everything that injection sets must be in the pod as given. "In" rather than "equal":
+/// the API server adds defaults (`terminationMessagePath`, a probe's `successThreshold`)
+/// to what the webhook produced; lists must still match element for element, so no
+/// container, mount, variable or volume can be added or swapped.
+pub fn check_injected(
+    pod: &Pod,
+    config: &OperatorConfig,
+    settings: &Settings,
+) -> Result<(), Refusal> {
+    let spec = pod.spec.as_ref().ok_or_else(|| Refusal::Pod("it has no spec".into()))?;
+    let mut base = pod.clone();
+    if let Some(annotations) = base.metadata.annotations.as_mut() {
+        annotations.remove(ANNOTATION_STATUS);
+        annotations.remove(ANNOTATION_REMOVED_ENV);
+    }
+    let base_spec = base.spec.as_mut().expect("checked above");
+    if let Some(init) = base_spec.init_containers.as_mut() {
+        init.retain(|c| !inject::INJECTED_CONTAINERS.contains(&c.name.as_str()));
+    }
+    if let Some(volumes) = base_spec.volumes.as_mut() {
+        volumes.retain(|v| !inject::INJECTED_VOLUMES.contains(&v.name.as_str()));
+    }
+    inject_pod(&mut base, config, settings)?;
+    let to_json = |s: &PodSpec| serde_json::to_value(s).map_err(|e| Refusal::Pod(e.to_string()));
+    let (expected, actual) = (to_json(base.spec.as_ref().expect("injected"))?, to_json(spec)?);
+    // The containers first: the message names what matters most.
+    let differs = ["initContainers", "containers", "volumes"]
+        .into_iter()
+        .find_map(|key| {
+            let (e, a) = (&expected[key], &actual[key]);
+            crate::webhook::subset::first_difference(e, a).map(|rest| format!(".{key}{rest}"))
+        })
+        .or_else(|| crate::webhook::subset::first_difference(&expected, &actual));
+    match differs {
+        None => Ok(()),
+        Some(path) => Err(Refusal::NotInjected(format!("spec{path} differs"))),
+    }
+}
+
+/// An UPDATE of a pod Sanctum injected, or an ephemeral container added to it: refused when
+/// it would hand the tokens to something else: a Sanctum container's image swapped (pods
+/// allow image updates), or an ephemeral container that mounts a token volume or joins a
+/// Sanctum container's process namespace (`targetContainerName`).
+pub fn check_update(old: &Pod, new: &Pod) -> Result<(), Refusal> {
+    if !is_marked_injected(old) {
+        return Ok(());
+    }
+    let (Some(old_spec), Some(new_spec)) = (old.spec.as_ref(), new.spec.as_ref()) else {
+        return Ok(());
+    };
+    let ours = |spec: &PodSpec| -> Vec<(String, Option<String>)> {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .filter(|c| inject::INJECTED_CONTAINERS.contains(&c.name.as_str()))
+            .map(|c| (c.name.clone(), c.image.clone()))
+            .collect()
+    };
+    let before = ours(old_spec);
+    for (name, image) in ours(new_spec) {
+        if !before.contains(&(name.clone(), image.clone())) {
+            return Err(Refusal::Update {
+                field: format!("spec.initContainers[{name}].image"),
+                message: format!(
+                    "the image of Sanctum's container '{name}' may not change on a running pod (it holds the pod's tokens); delete and create the pod instead"
+                ),
+            });
+        }
+    }
+    if new_spec.share_process_namespace == Some(true) {
+        return Err(Refusal::Inject(inject::InjectError::SharedProcessNamespace));
+    }
+    for e in new_spec.ephemeral_containers.iter().flatten() {
+        if let Some(m) = e
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| inject::INJECTED_VOLUMES.contains(&m.name.as_str()))
+        {
+            return Err(Refusal::Update {
+                field: format!("spec.ephemeralContainers[{}].volumeMounts[{}]", e.name, m.name),
+                message: format!(
+                    "ephemeral container '{}' mounts volume '{}', which holds the pod's tokens; debug without it",
+                    e.name, m.name
+                ),
+            });
+        }
+        if let Some(target) =
+            e.target_container_name.as_deref().filter(|t| inject::INJECTED_CONTAINERS.contains(t))
+        {
+            return Err(Refusal::Update {
+                field: format!("spec.ephemeralContainers[{}].targetContainerName", e.name),
+                message: format!(
+                    "ephemeral container '{}' would share the process namespace of Sanctum's '{target}', which holds the pod's tokens; target an app container",
+                    e.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The pod of `raw` (a Pod or a pod template as JSON) in the typed form injection reads.
@@ -244,8 +389,13 @@ pub fn decide(
         "" => pod.metadata.namespace.as_deref().unwrap_or_default(),
         ns => ns,
     };
-    if let Some(reason) = skip_reason(&pod, namespace, config) {
+    if let Some(reason) = skip_reason(namespace, config) {
         return Ok(Verdict::Skip(reason));
+    }
+    if is_marked_injected(&pod) {
+        // The webhook's own second pass (reinvocation) lands here too, and passes.
+        check_injected(&pod, config, settings)?;
+        return Ok(Verdict::Skip("already injected"));
     }
     if !wants_injection(&pod, opt_in) {
         return Ok(Verdict::Skip("not opted in"));
@@ -290,10 +440,7 @@ pub struct Answer {
 }
 
 fn is_pod(req: &AdmissionRequest<DynamicObject>) -> bool {
-    req.kind.group.is_empty()
-        && req.kind.version == "v1"
-        && req.kind.kind == "Pod"
-        && req.sub_resource.as_deref().unwrap_or("").is_empty()
+    req.kind.group.is_empty() && req.kind.version == "v1" && req.kind.kind == "Pod"
 }
 
 /// Handles one AdmissionReview body. `Err` only for a body that is not a review at all.
@@ -307,6 +454,7 @@ pub fn review(
     // The pod is read from the raw body: kube's DynamicObject would re-serialize its
     // metadata through typed fields and drop what they do not know.
     let raw_object = body.pointer("/request/object").cloned();
+    let raw_old = body.pointer("/request/oldObject").cloned();
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_value(body).map_err(|e| BadReview::Parse(e.to_string()))?;
     let req: AdmissionRequest<DynamicObject> =
@@ -322,8 +470,27 @@ pub fn review(
     };
     let allow = || response(&uid, true, None, None);
     let deny = |message: &str| response(&uid, false, None, Some(message));
-    // Anything but a Pod CREATE is not ours to judge: allow it untouched.
-    if !is_pod(&req) || req.operation != Operation::Create {
+    let sub_resource = req.sub_resource.as_deref().unwrap_or("");
+    // An UPDATE of a pod (or its ephemeral containers): guarded, never patched.
+    if is_pod(&req)
+        && req.operation == Operation::Update
+        && (sub_resource.is_empty() || sub_resource == "ephemeralcontainers")
+    {
+        let pods = raw_old.filter(Value::is_object).zip(raw_object.filter(Value::is_object));
+        let Some((old, new)) = pods else {
+            return Ok(answer("ignored", allow(), None));
+        };
+        let checked = typed_pod(&old).and_then(|old| check_update(&old, &typed_pod(&new)?));
+        return Ok(match checked {
+            Ok(()) => answer("allowed", allow(), None),
+            Err(refusal) => {
+                let message = refusal.to_string();
+                answer("refused", deny(&message), Some(message))
+            }
+        });
+    }
+    // Anything else but a Pod CREATE is not ours to judge: allow it untouched.
+    if !is_pod(&req) || req.operation != Operation::Create || !sub_resource.is_empty() {
         return Ok(answer("ignored", allow(), None));
     }
     let Some(object) = raw_object.filter(Value::is_object) else {

@@ -6,4 +6,5 @@ pub mod admission;
 pub mod manifests;
 pub mod patch;
 pub mod server;
+pub mod subset;
 pub use sanctum_common::tls;
