@@ -30,8 +30,9 @@ use thiserror::Error;
 
 use crate::config::OperatorConfig;
 use crate::crd::IdentitySource;
-use crate::names::{ANNOTATION_STATUS, STATUS_INJECTED};
+use crate::names::{ANNOTATION_STATUS, CONTAINER_WRITE_TRAT, STATUS_INJECTED};
 use crate::reconcile::SignerSlot;
+use crate::webhook::admission::{Settings, check_injected};
 
 /// Audience of the ServiceAccount token a pod presents (projected by the injection).
 pub const AUDIENCE: &str = "sanctum";
@@ -56,10 +57,8 @@ pub enum TokenServiceError {
         "pod {namespace}/{name} (uid {uid}) no longer exists; a TraT is only minted for a running pod"
     )]
     PodGone { namespace: String, name: String, uid: String },
-    #[error(
-        "pod {namespace}/{name} was not injected by Sanctum (no sanctum.dev/status: injected annotation)"
-    )]
-    NotInjected { namespace: String, name: String },
+    #[error("pod {namespace}/{name} was not injected by Sanctum: {reason}")]
+    NotInjected { namespace: String, name: String, reason: String },
     #[error(
         "namespace {0} bills no org: add `tenancy: {{namespaces: {{{0}: {{orgId: <org>}}}}}}` to the operator config (or `tenancy: {{defaultOrg: <org>}}` for a single-tenant install)"
     )]
@@ -143,6 +142,22 @@ pub fn subject(id: &PodIdentity, config: &OperatorConfig) -> String {
     }
 }
 
+/// The token service's CA that `write-trat` of `pod` was given at admission.
+fn admitted_ca_bundle(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER_WRITE_TRAT)?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SANCTUM_TOKEN_SERVICE_CA")?
+        .value
+        .clone()
+}
+
 /// The TraT claims for a reviewed identity and the pod it is bound to. Pure.
 pub fn claims_for(
     id: &PodIdentity,
@@ -167,12 +182,19 @@ pub fn claims_for(
         .as_ref()
         .and_then(|a| a.get(ANNOTATION_STATUS))
         .is_some_and(|s| s == STATUS_INJECTED);
+    let not_injected = |reason: String| TokenServiceError::NotInjected {
+        namespace: id.namespace.clone(),
+        name: id.pod_name.clone(),
+        reason,
+    };
     if !injected {
-        return Err(TokenServiceError::NotInjected {
-            namespace: id.namespace.clone(),
-            name: id.pod_name.clone(),
-        });
+        return Err(not_injected("it has no sanctum.dev/status: injected annotation".into()));
     }
+    // The mark alone proves nothing (anyone who may create a pod can write it): the live
+    // pod must be exactly what injection makes of it (issue 12 item 4). The CA bundle is
+    // the one the pod was admitted with: it rotates, and it is a public certificate.
+    let settings = Settings { ca_bundle: admitted_ca_bundle(pod) };
+    check_injected(pod, config, &settings).map_err(|e| not_injected(e.to_string()))?;
     let policy = config
         .tenancy
         .policy(&id.namespace)
@@ -287,14 +309,58 @@ mod tests {
         }
     }
 
+    /// A pod as the webhook admits it (`injected`), or as its author wrote it.
     fn pod(uid: &str, injected: bool) -> Pod {
-        let mut pod = Pod::default();
-        pod.metadata.uid = Some(uid.into());
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "team", "uid": uid,
+                "annotations": {"sanctum.dev/inject": "true"}},
+            "spec": {"containers": [{"name": "claude", "image": "claude:1",
+                "env": [{"name": "ANTHROPIC_API_KEY", "value": "sk-ant-real"}]}]}
+        }))
+        .unwrap();
         if injected {
-            pod.metadata.annotations =
-                Some([(ANNOTATION_STATUS.to_owned(), STATUS_INJECTED.to_owned())].into());
+            let settings = Settings { ca_bundle: Some("-----BEGIN CERTIFICATE-----".into()) };
+            crate::webhook::admission::inject_pod(&mut pod, &config(), &settings).unwrap();
         }
         pod
+    }
+
+    /// Issue 12 item 4: a pod that wrote the mark itself, with a look-alike bridge and its
+    /// real key, gets no TraT; neither does an injected pod whose agent got a key back.
+    #[test]
+    fn the_mark_alone_gets_no_token() {
+        let id = identity_of(&status(&["sanctum"], true)).unwrap();
+        let mut forged = pod("u1", false);
+        forged
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANNOTATION_STATUS.to_owned(), STATUS_INJECTED.to_owned());
+        forged.spec.as_mut().unwrap().init_containers = Some(vec![Default::default()]);
+        forged.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].name =
+            "sanctum-bridge".into();
+        let err = claims_for(&id, Some(&forged), &config(), 1).unwrap_err();
+        assert!(matches!(err, TokenServiceError::NotInjected { .. }), "{err}");
+        assert!(err.to_string().contains("spec.initContainers"), "{err}");
+        assert_eq!(err.status(), 403);
+
+        let mut keyed = pod("u1", true);
+        for e in keyed.spec.as_mut().unwrap().containers[0].env.iter_mut().flatten() {
+            if e.name == "ANTHROPIC_API_KEY" {
+                e.value = Some("sk-ant-real".into());
+            }
+        }
+        let err = claims_for(&id, Some(&keyed), &config(), 1).unwrap_err();
+        assert!(err.to_string().contains("spec.containers[claude].env"), "{err}");
+        // As the API server returns it: with defaults filled in, it still counts.
+        let mut live = serde_json::to_value(pod("u1", true)).unwrap();
+        for c in live["spec"]["initContainers"].as_array_mut().unwrap() {
+            c["terminationMessagePath"] = serde_json::json!("/dev/termination-log");
+        }
+        live["spec"]["dnsPolicy"] = serde_json::json!("ClusterFirst");
+        let live: Pod = serde_json::from_value(live).unwrap();
+        assert!(claims_for(&id, Some(&live), &config(), 1).is_ok());
     }
 
     fn config() -> OperatorConfig {
