@@ -28,6 +28,7 @@ fn injected(identity: IdentityMount, trat: TratSource, config: &OperatorConfig) 
         agents: Agents::All,
         model: Some("claude-sonnet-4-5".into()),
         resources: sanctum_operator::resources::effective(&config.pod.sidecar_resources, None),
+        allow_api_token: false,
     };
     inject(&mut spec, &injection).unwrap();
     spec.init_containers.unwrap()
