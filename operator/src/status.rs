@@ -224,6 +224,16 @@ pub fn observe(pod: &Pod) -> Observation {
                 result: None,
             }
         }
+        // The scanner exited and its native sidecars are being stopped: still Running (a
+        // run's phase never goes back to Pending), the pod's own phase decides the end.
+        Some("Running") if terminated.is_some() => Observation {
+            phase: Phase::Running,
+            reason: "Finishing".into(),
+            message: "the scanner exited; its sidecars are stopping".into(),
+            start_time: None,
+            completion_time: None,
+            result: None,
+        },
         _ => stuck(pod).or_else(|| failed_init(pod)).unwrap_or(Observation {
             phase: Phase::Pending,
             reason: "Starting".into(),
@@ -276,6 +286,27 @@ mod tests {
         // The scanner's output never reaches the message.
         let err = parse_summary(Some("sk-ant-secret-value")).unwrap_err();
         assert!(!err.message().contains("sk-ant"));
+    }
+
+    /// What the kubelet reports between the scanner's exit and the pod's: the run stays
+    /// Running (seen on a real node, where the phase went Running → Pending → Succeeded).
+    #[test]
+    fn a_scanner_that_exited_before_its_sidecars_keeps_the_run_running() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {
+                "phase": "Running",
+                "initContainerStatuses": [{"name": "sanctum-bridge", "image": "b", "imageID": "",
+                    "ready": true, "restartCount": 0, "state": {"running": {}}}],
+                "containerStatuses": [{"name": SCANNER_CONTAINER, "image": "s", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+            },
+        }))
+        .unwrap();
+        let obs = observe(&pod);
+        assert_eq!(obs.phase, Phase::Running);
+        assert_eq!(obs.reason, "Finishing");
     }
 
     #[test]
