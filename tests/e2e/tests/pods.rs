@@ -289,7 +289,7 @@ async fn injected_deployment_calls_through_the_chain(cluster: &Cluster, install:
                     "metadata": {"labels": labels, "annotations": annotations},
                     "spec": {
                         "automountServiceAccountToken": false,
-                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
                             "seccompProfile": {"type": "RuntimeDefault"}},
                         "containers": [{
                             "name": "claude",
@@ -463,7 +463,7 @@ async fn quotas_and_newer_fields(cluster: &Cluster, install: &Install) {
                      "annotations": {"sanctum.dev/inject": "true"}},
         "spec": {
             "automountServiceAccountToken": false,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "claude",
