@@ -98,7 +98,7 @@ async fn request_counts(client: &Client) -> Result<BTreeMap<String, f64>> {
 }
 
 /// One figure read from a round's measurements.
-type Figure = dyn Fn(&Figures) -> f64;
+type Figure<'a> = dyn Fn(&Figures) -> f64 + 'a;
 
 fn delta(
     before: &BTreeMap<String, f64>,
@@ -809,7 +809,7 @@ async fn main() -> Result<()> {
         let med = |g: &dyn Fn(&Figures) -> f64, sanctum: bool| {
             median(rows.iter().map(|(s, j)| g(if sanctum { s } else { j })).collect())
         };
-        let figures: [(&str, &Figure); 10] = [
+        let figures: [(&str, &Figure<'_>); 10] = [
             ("create→pod p50 ms", &|f| f.create.p50),
             ("create→pod p99 ms", &|f| f.create.p99),
             ("create→last pod ms", &|f| f.create.last),
