@@ -100,6 +100,7 @@ pub fn build(
 ) -> Result<RunObjects, BuildError> {
     let plan = RunPlan::new(run, config)?;
     let policy = config.tenancy.allow_run(&plan.namespace, &plan.org_id)?;
+    policy.allow_env(&plan.namespace, run.spec.env.as_deref().unwrap_or_default())?;
     let pod = build_pod(run, &plan, config)?;
     let claims = trat_claims(
         &plan,

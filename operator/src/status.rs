@@ -57,6 +57,17 @@ impl ResultError {
     }
 }
 
+/// Longest `sarif` path kept in status, in bytes.
+const MAX_SARIF_PATH: usize = 256;
+
+/// A plain path on the output volume: under `/output/`, no `..`, no control characters.
+fn valid_sarif_path(path: &str) -> bool {
+    path.len() <= MAX_SARIF_PATH
+        && path.starts_with("/output/")
+        && !path.split('/').any(|c| c == "..")
+        && !path.chars().any(char::is_control)
+}
+
 /// Parses the run result contract. The message is never echoed back: it is the scanner's
 /// output and may hold anything.
 pub fn parse_summary(message: Option<&str>) -> Result<RunResult, ResultError> {
@@ -68,6 +79,16 @@ pub fn parse_summary(message: Option<&str>) -> Result<RunResult, ResultError> {
         serde_json::from_str(text).map_err(|e| ResultError::Malformed(e.to_string()))?;
     if !result.cost_usd.is_finite() || result.cost_usd < 0.0 {
         return Err(ResultError::Malformed("costUsd must be a non-negative number".into()));
+    }
+    // The path is free text from the scanner, copied into status: only a plain path on the
+    // output volume (the design contract's `/output/...`) is kept.
+    if let Some(sarif) = &result.sarif
+        && !sarif.is_empty()
+        && !valid_sarif_path(sarif)
+    {
+        return Err(ResultError::Malformed(format!(
+            "sarif must be a path under /output of at most {MAX_SARIF_PATH} bytes without '..' or control characters"
+        )));
     }
     Ok(result)
 }
@@ -283,6 +304,17 @@ mod tests {
         ));
         let big = format!(r#"{{"findings":{{}},"x":"{}"}}"#, "a".repeat(5000));
         assert_eq!(parse_summary(Some(&big)), Err(ResultError::TooLarge(big.len())));
+        // The sarif path is a plain path on the output volume, or nothing (issue 12 item 18).
+        for bad in ["/etc/passwd", "/output/../etc/shadow", "relative.sarif", "/output/a\u{1b}[2Jb"]
+        {
+            let text = format!(r#"{{"findings":{{}},"costUsd":0,"sarif":"{bad}"}}"#);
+            assert!(matches!(parse_summary(Some(&text)), Err(ResultError::Malformed(_))), "{bad}");
+        }
+        let long =
+            format!(r#"{{"findings":{{}},"costUsd":0,"sarif":"/output/{}"}}"#, "a".repeat(300));
+        assert!(matches!(parse_summary(Some(&long)), Err(ResultError::Malformed(_))));
+        let empty = parse_summary(Some(r#"{"findings":{},"costUsd":0,"sarif":""}"#)).unwrap();
+        assert_eq!(empty.sarif.as_deref(), Some(""));
         // The scanner's output never reaches the message.
         let err = parse_summary(Some("sk-ant-secret-value")).unwrap_err();
         assert!(!err.message().contains("sk-ant"));

@@ -51,9 +51,35 @@ pub struct NamespacePolicy {
     /// or per pod); unset: the gateway's default budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_tokens: Option<u64>,
+    /// Whether a ScannerRun's `env` may read the namespace's Secrets (`valueFrom.secretKeyRef`).
+    /// Off by default: otherwise whoever may create a ScannerRun reads any Secret of the
+    /// namespace through the scanner, as strong as creating a pod.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_secret_env: bool,
 }
 
 impl NamespacePolicy {
+    /// Refuses an `env` entry that reads a Secret unless the policy allows it.
+    pub fn allow_env(
+        &self,
+        namespace: &str,
+        env: &[k8s_openapi::api::core::v1::EnvVar],
+    ) -> Result<(), TenancyError> {
+        if self.allow_secret_env {
+            return Ok(());
+        }
+        let reads_secret = env.iter().find_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.clone(), r.name.clone()))
+        });
+        match reads_secret {
+            Some((name, secret)) => {
+                Err(TenancyError::SecretEnvNotAllowed { namespace: namespace.into(), name, secret })
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Every org the namespace may bill, its own first.
     pub fn allowed_orgs(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.org_id.as_str()).chain(self.other_orgs.iter().map(String::as_str))
@@ -72,12 +98,19 @@ pub enum TenancyError {
         "namespace {namespace} may bill org {allowed}, not '{org}': set spec.orgId to {allowed}, or allow it in the operator config with `tenancy.namespaces.{namespace}.otherOrgs: [{org}]`"
     )]
     OrgNotAllowed { namespace: String, org: String, allowed: String },
+    #[error(
+        "spec.env[{name}] reads Secret '{secret}', and ScannerRuns of namespace {namespace} may not read Secrets: pass the value another way, or allow it in the operator config with `tenancy.namespaces.{namespace}.allowSecretEnv: true`"
+    )]
+    SecretEnvNotAllowed { namespace: String, name: String, secret: String },
 }
 
 impl TenancyError {
     /// Condition and Event reason.
     pub fn reason(&self) -> &'static str {
-        "OrgNotAllowed"
+        match self {
+            Self::NoPolicy { .. } | Self::OrgNotAllowed { .. } => "OrgNotAllowed",
+            Self::SecretEnvNotAllowed { .. } => "SecretEnvNotAllowed",
+        }
     }
 }
 
@@ -101,6 +134,7 @@ impl Tenancy {
             org_id: org.clone(),
             other_orgs: Vec::new(),
             budget_tokens: None,
+            allow_secret_env: false,
         })
     }
 
@@ -228,7 +262,12 @@ mod tests {
     fn legacy_token_service_policy_moves_here() {
         let mut legacy = BTreeMap::from([(
             "team".to_owned(),
-            NamespacePolicy { org_id: "acme".into(), other_orgs: vec![], budget_tokens: None },
+            NamespacePolicy {
+                org_id: "acme".into(),
+                other_orgs: vec![],
+                budget_tokens: None,
+                allow_secret_env: false,
+            },
         )]);
         let mut default = None;
         let mut t = Tenancy::default();
@@ -237,5 +276,38 @@ mod tests {
         assert!(legacy.is_empty());
         let mut again = BTreeMap::from([("x".to_owned(), t.policy("team").unwrap())]);
         assert!(t.absorb_legacy(&mut again, &mut default).unwrap_err().contains("both set"));
+    }
+
+    /// Issue 12 item 18: a ScannerRun's env reads a Secret only where the policy says so.
+    #[test]
+    fn secret_env_needs_the_policy() {
+        use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+        let env = vec![
+            EnvVar { name: "PLAIN".into(), value: Some("x".into()), ..Default::default() },
+            EnvVar {
+                name: "TOKEN".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: "db-admin".into(),
+                        key: "password".into(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        let t: Tenancy = serde_yaml::from_str("defaultOrg: acme").unwrap();
+        let policy = t.allow_run("team-a", "acme").unwrap();
+        assert!(policy.allow_env("team-a", &env[..1]).is_ok());
+        let err = policy.allow_env("team-a", &env).unwrap_err();
+        assert_eq!(err.reason(), "SecretEnvNotAllowed");
+        let message = err.to_string();
+        assert!(message.contains("spec.env[TOKEN]") && message.contains("db-admin"), "{message}");
+        assert!(message.contains("tenancy.namespaces.team-a.allowSecretEnv"), "{message}");
+        let t: Tenancy =
+            serde_yaml::from_str("namespaces: {team-a: {orgId: acme, allowSecretEnv: true}}")
+                .unwrap();
+        assert!(t.allow_run("team-a", "acme").unwrap().allow_env("team-a", &env).is_ok());
     }
 }

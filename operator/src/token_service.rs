@@ -368,7 +368,12 @@ mod tests {
         c.identity.source = IdentitySource::ServiceAccountToken;
         c.tenancy.namespaces.insert(
             "team".into(),
-            NamespacePolicy { org_id: "acme".into(), other_orgs: vec![], budget_tokens: Some(5) },
+            NamespacePolicy {
+                org_id: "acme".into(),
+                other_orgs: vec![],
+                budget_tokens: Some(5),
+                allow_secret_env: false,
+            },
         );
         c
     }
