@@ -283,15 +283,22 @@ async fn publish(ctx: &Context, run: &ScannerRun, warning: bool, reason: &str, n
     }
 }
 
+/// Writes the run's status (server-side apply), only if the run is still the version
+/// `run` was read at: a status folded from a stale cached copy (the controller's cache lags
+/// its own writes under a burst of runs) would otherwise remove what a later pass wrote
+/// (`Provisioned`, `podName`). A stale copy gets 409 Conflict, see [`stale_read`]. Returns
+/// the run's new `resourceVersion`.
 async fn write_status(
     api: &Api<ScannerRun>,
-    name: &str,
+    run: &ScannerRun,
     status: &ScannerRunStatus,
-) -> Result<(), Error> {
-    let patch =
-        json!({"apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun", "status": status});
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
-    Ok(())
+) -> Result<Option<String>, Error> {
+    let patch = json!({"apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun",
+        "metadata": {"resourceVersion": run.resource_version()}, "status": status});
+    let written = api
+        .patch_status(&run.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
+        .await?;
+    Ok(written.metadata.resource_version)
 }
 
 /// Writes the revoked list to its ConfigMap (server-side apply), if anything was added.
@@ -320,12 +327,12 @@ async fn set_finalizers(
     runs: &Api<ScannerRun>,
     run: &ScannerRun,
     finalizers: Vec<String>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let patch =
         json!({"metadata": {"finalizers": finalizers, "resourceVersion": run.resource_version()}});
     let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
-    runs.patch(&run.name_any(), &params, &Patch::Merge(&patch)).await?;
-    Ok(())
+    let written = runs.patch(&run.name_any(), &params, &Patch::Merge(&patch)).await?;
+    Ok(written.metadata.resource_version)
 }
 
 /// Revokes the run's `txn` (its UID) until its TraT would have expired anyway.
@@ -405,11 +412,19 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
         revoke(run, ctx);
         return Ok(Action::await_change());
     }
-    if !has_finalizer(run) {
+    let with_finalizer;
+    let run = if has_finalizer(run) {
+        run
+    } else {
         let mut all = run.finalizers().to_vec();
         all.push(revoked::FINALIZER.into());
-        set_finalizers(&runs, run, all).await?;
-    }
+        let mut updated = run.clone();
+        updated.metadata.resource_version = set_finalizers(&runs, run, all.clone()).await?;
+        updated.metadata.finalizers = Some(all);
+        // The status writes below are conditional on the version this patch made.
+        with_finalizer = updated;
+        &with_finalizer
+    };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
 
     let plan = match RunPlan::new(run, &ctx.config) {
@@ -422,7 +437,7 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
     let Some(pod) = pod else {
         if let Some(pod_name) = run.status.as_ref().and_then(|s| s.pod_name.clone()) {
             let status = pod_deleted(run, &pod_name, &now);
-            write_status(&runs, &name, &status).await?;
+            write_status(&runs, run, &status).await?;
             ctx.metrics.transition("Failed", "PodDeleted");
             publish(ctx, run, true, "PodDeleted", status.message.as_deref().unwrap_or_default())
                 .await;
@@ -449,7 +464,7 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
     let (phase, reason, message) = (obs.phase, obs.reason.clone(), obs.message.clone());
     let status = next_status(run, obs, &now);
     if status != old {
-        write_status(&runs, &name, &status).await?;
+        write_status(&runs, run, &status).await?;
     }
     if old.phase != Some(phase) {
         ctx.metrics.transition(&format!("{phase:?}"), &reason);
@@ -476,7 +491,7 @@ async fn fail_conflict(
     now: &Time,
 ) -> Result<Action, Error> {
     tracing::warn!(run = name, reason, message, "ScannerRun cannot be provisioned");
-    write_status(runs, name, &conflict(run, reason, message, now)).await?;
+    write_status(runs, run, &conflict(run, reason, message, now)).await?;
     ctx.metrics.transition("Failed", reason);
     publish(ctx, run, true, reason, message).await;
     Ok(Action::await_change())
@@ -492,7 +507,7 @@ async fn fail_build(
 ) -> Result<Action, Error> {
     tracing::warn!(run = name, reason = error.reason(), %error, "ScannerRun cannot be built");
     let status = failed_to_build(run, &error, now);
-    write_status(runs, name, &status).await?;
+    write_status(runs, run, &status).await?;
     ctx.metrics.transition("Failed", error.reason());
     publish(ctx, run, true, error.reason(), &error.to_string()).await;
     Ok(Action::await_change())
@@ -542,7 +557,7 @@ async fn refused(
             let first =
                 !old.conditions.iter().any(|c| c.type_ == PROVISIONED && c.reason == reason);
             if status != old {
-                write_status(runs, name, &status).await?;
+                write_status(runs, run, &status).await?;
             }
             if first {
                 tracing::warn!(run = name, reason, message, "ScannerRun waits");
@@ -583,8 +598,9 @@ async fn create(
     match secrets.create(&create, &objects.secret).await {
         Ok(_) => {
             let status = secret_created(&run, plan, now);
-            write_status(runs, name, &status).await?;
+            let version = write_status(runs, &run, &status).await?;
             run.status = Some(status);
+            run.metadata.resource_version = version;
         }
         // Created by an earlier pass that failed later: keep the token it holds.
         Err(kube::Error::Api(e)) if e.code == 409 && created_its_secret(&run) => {}
@@ -621,7 +637,7 @@ async fn create(
     }
 
     let status = provisioned(run, plan, now);
-    write_status(runs, name, &status).await?;
+    write_status(runs, run, &status).await?;
     ctx.metrics.transition("Pending", "Created");
     publish(ctx, run, false, "Created", status.message.as_deref().unwrap_or_default()).await;
     tracing::info!(run = name, namespace = %plan.namespace, pod = %plan.pod_name, "created the run's objects");
