@@ -224,6 +224,16 @@ fn secret_yaml(ns: &str, name: &str, data: &[(&str, &str)]) -> String {
     .to_string()
 }
 
+/// The pod-level securityContext of the test agents (Pod Security `restricted`), as their own
+/// UID: the sidecars' 65532 is refused to app containers.
+pub fn restricted_pod() -> serde_json::Value {
+    serde_json::json!({
+        "runAsNonRoot": true,
+        "runAsUser": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
 /// The hardened securityContext every test pod uses (Pod Security `restricted`).
 pub fn restricted_container() -> serde_json::Value {
     serde_json::json!({

@@ -15,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use sanctum_e2e::install::{Install, ORG, image, restricted_container};
+use sanctum_e2e::install::{Install, ORG, image, restricted_container, restricted_pod};
 use sanctum_e2e::*;
 use sanctum_operator::crd::{Phase, ScannerRun};
 use serde_json::json;
@@ -289,8 +289,7 @@ async fn injected_deployment_calls_through_the_chain(cluster: &Cluster, install:
                     "metadata": {"labels": labels, "annotations": annotations},
                     "spec": {
                         "automountServiceAccountToken": false,
-                        "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+                        "securityContext": restricted_pod(),
                         "containers": [{
                             "name": "claude",
                             "image": image("sanctum-agent"),
@@ -463,8 +462,7 @@ async fn quotas_and_newer_fields(cluster: &Cluster, install: &Install) {
                      "annotations": {"sanctum.dev/inject": "true"}},
         "spec": {
             "automountServiceAccountToken": false,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": restricted_pod(),
             "containers": [{
                 "name": "claude",
                 "image": image("sanctum-agent"),
