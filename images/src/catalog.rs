@@ -59,7 +59,7 @@ const fn release(package: &'static str, bin: &'static str) -> Input {
     Input::Release { package, bin }
 }
 
-/// The forwarder binary, which also serves as the gateway until `sanctum-gateway` exists.
+/// The per-pod forwarder sidecar.
 const FORWARDER: Input = release("sanctum-forwarder", "sanctum-forwarder");
 
 /// All images, in build order.
@@ -97,10 +97,8 @@ pub const IMAGES: &[ImageDef] = &[
     ImageDef {
         name: "sanctum-gateway",
         description: "The gateway that holds provider credentials and enforces budgets",
-        // Today `sanctum-forwarder gateway`; when the `sanctum-gateway` binary exists, this and
-        // the entrypoint become `release("sanctum-gateway", "sanctum-gateway")`.
-        files: &[(FORWARDER, "/usr/local/bin/sanctum-forwarder")],
-        entrypoint: &["/usr/local/bin/sanctum-forwarder", "gateway"],
+        files: &[(release("sanctum-gateway", "sanctum-gateway"), "/usr/local/bin/sanctum-gateway")],
+        entrypoint: &["/usr/local/bin/sanctum-gateway"],
         env: &[],
         ca_certificates: true,
         optional: false,

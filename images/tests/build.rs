@@ -108,7 +108,7 @@ fn every_image_has_its_files_user_annotations_and_no_shell() {
     let gateway = common::check(&out.join("sanctum-gateway.tar"), &reference("sanctum-gateway"));
     assert_eq!(
         gateway.config.config().as_ref().unwrap().entrypoint().as_deref(),
-        Some(&["/usr/local/bin/sanctum-forwarder".to_owned(), "gateway".to_owned()][..])
+        Some(&["/usr/local/bin/sanctum-gateway".to_owned()][..])
     );
 }
 

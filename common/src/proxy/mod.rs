@@ -1,5 +1,5 @@
 //! The streaming HTTP/1 proxy plumbing that `sanctum-bridge`, `sanctum-forwarder forward`
-//! and `sanctum-forwarder gateway` share. One concept per module:
+//! and `sanctum-gateway` share. One concept per module:
 //!
 //! | module | what it is |
 //! |---|---|

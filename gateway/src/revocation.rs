@@ -48,6 +48,10 @@ impl RevokedSet {
     pub fn len(&self) -> usize {
         self.txns.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.txns.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -64,7 +68,7 @@ mod tests {
         assert!(set.is_revoked("a") && set.is_revoked("b") && !set.is_revoked("old"));
         assert!(!set.is_revoked("c"));
         assert_eq!(set.len(), 2);
-        assert!(RevokedSet::parse(br#"{"revoked":[]}"#, 0).unwrap().len() == 0);
+        assert!(RevokedSet::parse(br#"{"revoked":[]}"#, 0).unwrap().is_empty());
         assert!(RevokedSet::parse(b"[]", 0).is_err());
         assert!(RevokedSet::parse(br#"{"revoked":[{"exp":1}]}"#, 0).is_err());
     }

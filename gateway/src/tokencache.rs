@@ -65,7 +65,7 @@ impl<V: Clone> TokenCache<V> {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.lock().len()
     }
 }

@@ -156,9 +156,8 @@ async fn without_a_config_provider_side_tools_are_refused_and_bad_configs_stop_t
 
     let bad = s.path("bad.yaml");
     std::fs::write(&bad, "default:\n  model: ['x']\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sanctum-gateway"))
         .args([
-            "gateway",
             "--listen",
             "127.0.0.1:0",
             "--upstream",

@@ -1,5 +1,5 @@
 //! The whole chain, every part real: the Claude Code CLI → `sanctum-bridge` (loopback TCP) →
-//! Unix socket → `sanctum-forwarder forward` → `sanctum-forwarder gateway` → the stand-in
+//! Unix socket → `sanctum-forwarder forward` → `sanctum-gateway` → the stand-in
 //! provider, which accepts only the org's key and refuses anything that carries the
 //! placeholder key or either pod token. A CLI that prints the provider's answer proves the
 //! exchange; the provider's record proves what crossed the last hop.
@@ -33,7 +33,7 @@ impl Drop for Kill {
 }
 
 fn sibling_binary(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_sanctum-forwarder")).with_file_name(name)
+    Path::new(env!("CARGO_BIN_EXE_sanctum-gateway")).with_file_name(name)
 }
 
 /// Starts the bridge on free loopback ports; returns it with its listen address.
@@ -86,7 +86,7 @@ async fn chain() -> Option<Chain> {
 
     let socket = s.path("llm.sock");
     let forwarder = Kill(
-        Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
+        Command::new(sibling_binary("sanctum-forwarder"))
             // The test gateway serves plain http on loopback.
             .args(["forward", "--admin-listen", "127.0.0.1:0", "--allow-insecure-upstream"])
             .arg("--upstream")

@@ -1,4 +1,4 @@
-//! `gateway` mode: the central gateway. It checks the JWT-SVID (who is calling) and the TraT
+//! `sanctum-gateway`: the central gateway. It checks the JWT-SVID (who is calling) and the TraT
 //! (what that caller's run may do), scans the body for secrets, holds the run to its token
 //! budget and request rate, adds the org's provider key, and writes one audit line per call.
 //!
@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use clap::Args as ClapArgs;
 use http_body_util::Full;
 use sanctum_common::proxy::{Limits, ProxyMetrics, Upstream, UpstreamClient};
 use sanctum_common::telemetry::{self, LogFormat};
@@ -49,15 +48,9 @@ use self::state::State;
 use self::svid::{SubjectPattern, SvidPolicy};
 use self::trat::TratPolicy;
 
-/// The command line of `sanctum-forwarder gateway` (boxed: it is large, and the mode enum
-/// should not be).
-#[derive(ClapArgs, Debug)]
-pub struct Args {
-    #[command(flatten)]
-    pub opts: Box<Options>,
-}
-
-#[derive(ClapArgs, Debug)]
+/// The command line of `sanctum-gateway`.
+#[derive(clap::Parser, Debug)]
+#[command(name = "sanctum-gateway", version, about)]
 pub struct Options {
     /// Address to listen on (all interfaces, e.g. 0.0.0.0:8443: the gateway is a Service).
     #[arg(long, env = "SANCTUM_LISTEN")]
@@ -197,8 +190,8 @@ pub struct Options {
     pub log_format: LogFormat,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let args = *args.opts;
+/// Runs the gateway until SIGTERM; `Err` only if it could not start.
+pub fn run(args: Options) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -208,7 +201,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Err(e) = result {
         // One line on standard error, whatever RUST_BACKTRACE says (the design's exit
         // contract): the whole chain of causes, joined.
-        eprintln!("sanctum-forwarder gateway: {e:#}");
+        eprintln!("sanctum-gateway: {e:#}");
         std::process::exit(1);
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! What the gateway's integration tests share: keys and tokens minted here, the real
-//! `sanctum-forwarder gateway` binary in a child process, the stand-in provider, and a small
+//! `sanctum-gateway` binary in a child process, the stand-in provider, and a small
 //! HTTP client. Real sockets, real HTTP; nothing mocked inside the gateway.
 #![allow(dead_code)] // each test file uses a different part
 
@@ -154,7 +154,6 @@ impl Setup {
         let listen = free_port();
         let admin = free_port();
         let mut args: Vec<String> = vec![
-            "gateway".into(),
             "--listen".into(),
             listen.to_string(),
             "--admin-listen".into(),
@@ -192,14 +191,14 @@ pub async fn start_gateway(
     admin: SocketAddr,
     dir: &Path,
 ) -> Gateway {
-    let child = Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sanctum-gateway"))
         .args(&args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start sanctum-forwarder gateway");
+        .expect("start sanctum-gateway");
     let mut gw = Gateway { child, listen, admin, dir: dir.to_owned(), args };
     wait_ready(&mut gw).await;
     gw
@@ -243,7 +242,7 @@ impl Gateway {
     pub async fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let child = Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
+        let child = Command::new(env!("CARGO_BIN_EXE_sanctum-gateway"))
             .args(&self.args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

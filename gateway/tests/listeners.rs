@@ -98,16 +98,18 @@ impl Drop for Forwarder {
 }
 
 fn spawn_forwarder(socket: &Path, upstream: &str) -> Forwarder {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
-        .args(["forward", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--upstream", upstream, "--allow-insecure-upstream"])
-        .arg("--listen-socket")
-        .arg(socket)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn sanctum-forwarder");
+    let mut child = Command::new(
+        Path::new(env!("CARGO_BIN_EXE_sanctum-gateway")).with_file_name("sanctum-forwarder"),
+    )
+    .args(["forward", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+    .args(["--upstream", upstream, "--allow-insecure-upstream"])
+    .arg("--listen-socket")
+    .arg(socket)
+    .env("RUST_LOG", "info")
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("spawn sanctum-forwarder");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     for line in lines.by_ref() {
         let line = line.expect("read log");

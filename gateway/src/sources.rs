@@ -351,6 +351,10 @@ impl Revocations {
         self.set.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub async fn poll_once(&self, fetcher: &Fetcher) {
         let Some(url) = &self.url else {
             return;

@@ -1,4 +1,4 @@
-//! `sanctum-forwarder gateway` end to end on loopback: the real binary between a real HTTP
+//! `sanctum-gateway` end to end on loopback: the real binary between a real HTTP
 //! client and the stand-in provider, with keys and tokens minted here.
 
 mod gateway_support;
@@ -953,8 +953,8 @@ async fn dlp_rules_file_and_bad_configuration() {
         (vec!["--allowed-sub", "spiffe://td/**"], "'**' is not supported"),
         (vec!["--upstream", "ftp://x"], "invalid --upstream"),
     ] {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"));
-        cmd.args(["gateway", "--listen", &listen, "--admin-listen", "127.0.0.1:0"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sanctum-gateway"));
+        cmd.args(["--listen", &listen, "--admin-listen", "127.0.0.1:0"])
             .args(["--svid-jwks", s.path("svid-jwks.json").to_str().unwrap()])
             .args(["--trat-jwks", s.path("trat-jwks.json").to_str().unwrap()])
             .args(["--keys-dir", s.path("keys").to_str().unwrap()]);

@@ -213,6 +213,10 @@ impl KeySet {
         self.keys.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     #[cfg(test)]
     pub fn contains(&self, kid: &str) -> bool {
         self.keys.contains_key(kid)

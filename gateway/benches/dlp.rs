@@ -1,19 +1,12 @@
 //! DLP scan speed on 100 KB Messages API bodies (issue 7 target: ≥ 500 MB/s).
-//! `cargo bench -p sanctum-forwarder --bench dlp`. Prints MB/s for a clean body, a body
+//! `cargo bench -p sanctum-gateway --bench dlp`. Prints MB/s for a clean body, a body
 //! with many near misses (prefixes that start but do not finish a secret), and a body with
 //! one secret that is redacted. Bounded: about two seconds per case.
-
-#[path = "../src/gateway/dlp.rs"]
-#[allow(dead_code, unused_imports)]
-mod dlp;
-#[path = "../src/gateway/unescape.rs"]
-#[allow(dead_code, unused_imports)]
-mod unescape;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use dlp::{DlpAction, Scanner, Verdict};
+use sanctum_gateway::dlp::{self, DlpAction, Scanner, Verdict};
 
 /// A JSON body shaped like Claude Code's: a long system prompt and file contents, with
 /// escaped newlines and quotes, `size` bytes.

@@ -1,10 +1,10 @@
-//! Gateway benchmark (issue 7): `sanctum-forwarder gateway` (both token checks, DLP, budget,
+//! Gateway benchmark (issue 7): `sanctum-gateway` (both token checks, DLP, budget,
 //! audit log) against direct calls to the stand-in provider and against the LiteLLM proxy,
 //! in one run, on loopback. Reports added latency p50/p99 (small and 100 KB bodies),
 //! throughput at saturation and RSS. Every phase is bounded in requests and time.
 //!
 //! `bench/gateway/run.sh` reproduces bench/gateway/README.md (it installs LiteLLM first);
-//! `cargo bench -p sanctum-forwarder --bench gateway` runs without LiteLLM when it is absent.
+//! `cargo bench -p sanctum-gateway --bench gateway` runs without LiteLLM when it is absent.
 //! Settings by environment: BENCH_ROUNDS (3), BENCH_REQUESTS (1000), BENCH_LARGE (300),
 //! BENCH_SECS (3), BENCH_CONNS (32).
 
@@ -208,8 +208,7 @@ async fn start_gateway(dir: &Path, upstream: &str) -> (Kill, Target) {
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     std::fs::write(dir.join("keys/acme"), "sk-bench-org-key\n").unwrap();
     let (listen, admin) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_sanctum-forwarder"))
-        .arg("gateway")
+    let child = Command::new(env!("CARGO_BIN_EXE_sanctum-gateway"))
         .args(["--listen", &listen.to_string(), "--admin-listen", &admin.to_string()])
         .args(["--upstream", upstream, "--rate-limit-per-minute", "0", "--log-format", "json"])
         .arg("--svid-jwks")
