@@ -222,6 +222,7 @@ resolve_config() {
   UP_TIMEOUT="${SANCTUM_UP_TIMEOUT:-$([[ "$NODE" == 1 ]] && echo 120 || echo 60)}"
   ETCD_FSYNC="${SANCTUM_ETCD_FSYNC:-0}"
   APISERVER_EXTRA_ARGS="${SANCTUM_APISERVER_EXTRA_ARGS:-}"
+  KCM_EXTRA_ARGS="${SANCTUM_KCM_EXTRA_ARGS:-}"
   KCM_CONTROLLERS="${SANCTUM_KCM_CONTROLLERS:-garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,statefulset-controller,job-controller,cronjob-controller,endpoints-controller,endpointslice-controller,endpointslice-mirroring-controller,resourcequota-controller,disruption-controller,ttl-after-finished-controller,legacy-serviceaccount-token-cleaner-controller,validatingadmissionpolicy-status-controller,service-cidr-controller}"
   # A node needs: its taints cleared and status watched (node-lifecycle), pods
   # of a gone node evicted and deleted, DaemonSets (the chart's seccomp profile
@@ -238,7 +239,7 @@ resolve_config() {
 }
 
 CONFIG_VARS=(ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SCHEDULER_PORT SCHEDULER SERVICE_CIDR
-  SERVICE_IP SA_ISSUER API_AUDIENCES LOG_V UP_TIMEOUT ETCD_FSYNC APISERVER_EXTRA_ARGS KCM_CONTROLLERS BIN_DIR
+  SERVICE_IP SA_ISSUER API_AUDIENCES LOG_V UP_TIMEOUT ETCD_FSYNC APISERVER_EXTRA_ARGS KCM_EXTRA_ARGS KCM_CONTROLLERS BIN_DIR
   NODE POD_CIDR POD_GW DNS_IP EGRESS)
 
 save_config() {
@@ -494,7 +495,10 @@ apiserver_args() {
 
 start_kcm() {
   local p="$STATE/pki" kc="$STATE/kube-controller-manager.kubeconfig"
-  start_component kube-controller-manager \
+  local extra=()
+  # shellcheck disable=SC2206
+  [[ -n "$KCM_EXTRA_ARGS" ]] && extra=($KCM_EXTRA_ARGS)
+  start_component kube-controller-manager "${extra[@]}" \
     --kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
     --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
     --leader-elect=false \
