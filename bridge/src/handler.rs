@@ -30,6 +30,8 @@ const UPSTREAM_HINT: &str =
     "check that the sanctum-forwarder sidecar is running and listening on this socket";
 
 impl Handler for Bridge {
+    type Body = ProxyBody;
+
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         // Hop-by-hop first: a `Connection: txn-token` from the client must not be able to

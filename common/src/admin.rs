@@ -3,7 +3,6 @@
 //! adds (the operator serves its JWKS and revoked list here). Kept apart from the data port
 //! so probes and scrapes never compete with, or expose, the request path.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +12,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::accept::{ConnCap, accept, http1_server};
+use crate::proxy::{Handler, Limits, Server};
 
 /// What a binary tells its admin server.
 pub trait AdminState: Send + Sync + 'static {
@@ -96,6 +93,33 @@ impl Default for AdminLimits {
 /// Largest admin request head: the routes take no input beyond a path.
 const ADMIN_MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// The admin port's handler for the shared [`Server`] shell.
+struct Admin<S>(Arc<S>);
+
+impl<S: AdminState> Handler for Admin<S> {
+    type Body = Full<Bytes>;
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        handle(&*self.0, req).await
+    }
+}
+
+impl AdminLimits {
+    /// The [`Limits`] of the shared server shell for an admin port: these, a 16 KiB head
+    /// cap, and a short drain at shutdown (probes and scrapes are quick).
+    fn server_limits(self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: ADMIN_MAX_HEADER_BYTES,
+            grace_period: ADMIN_GRACE_PERIOD,
+            ..Limits::default()
+        }
+    }
+}
+
+/// How long open admin requests may finish after shutdown.
+const ADMIN_GRACE_PERIOD: Duration = Duration::from_secs(2);
+
 /// Serves the admin endpoints on `listener` until `shutdown` completes, with the default
 /// [`AdminLimits`].
 pub async fn serve<S: AdminState>(
@@ -106,32 +130,17 @@ pub async fn serve<S: AdminState>(
     serve_with(listener, state, AdminLimits::default(), shutdown).await;
 }
 
-/// [`serve`] with explicit [`AdminLimits`].
+/// [`serve`] with explicit [`AdminLimits`], on the shared server shell
+/// ([`crate::proxy::Server`]): connection cap, header-read deadline, head guard.
 pub async fn serve_with<S: AdminState>(
     listener: TcpListener,
     state: Arc<S>,
     limits: AdminLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let cap = ConnCap::new("admin", limits.max_connections);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, slot) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = accept(&listener, &cap) => accepted,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&*state, req).await) }
-            });
-            let _ = http1_server(limits.header_read_timeout, ADMIN_MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            drop(slot);
-        });
-    }
+    Server::new("admin", Arc::new(Admin(state)), limits.server_limits())
+        .serve(listener, shutdown)
+        .await;
 }
 
 /// Binds `addr` with a message that says which flag to change when it is taken.

@@ -77,6 +77,8 @@ struct Forward {
 }
 
 impl Handler for Forward {
+    type Body = ProxyBody;
+
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let method = req.method().clone();
         match self.client.send(req.map(ProxyBody::from)).await {

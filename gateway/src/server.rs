@@ -7,10 +7,9 @@
 //! query string cut to `beta=true`) → DLP → spend still being recorded → budget
 //! reservation. Nothing about the body is looked at before both tokens verified.
 
-use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,16 +18,11 @@ use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TY
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use sanctum_common::accept::{ConnCap, accept};
 use sanctum_common::headers::{AUTHORIZATION, PROXY_AUTHORIZATION, TXN_TOKEN, X_API_KEY};
 use sanctum_common::proxy::{
-    HeadGuard, Limits, ProxyBody, ProxyMetrics, UpstreamClient, UpstreamError,
+    Handler, Limits, ProxyBody, ProxyMetrics, Refusal, Server, UpstreamClient, UpstreamError,
 };
 use sanctum_common::{ApiError, TratClaims};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use super::audit::{AuditLog, AuditRecord};
@@ -863,52 +857,28 @@ impl Drop for Metered {
     }
 }
 
-async fn serve_connection<T>(
-    gw: Arc<Gateway>,
-    io: T,
-    limits: Limits,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let guard = Arc::new(Mutex::new(HeadGuard::new(limits.max_header_bytes)));
-    // The common wrapper: head guard plus the lingering close (issue 13 item 1).
-    let io =
-        TokioIo::new(sanctum_common::proxy::server::GuardedIo::new(io, guard.clone(), &limits));
-    let service = service_fn(move |req: Request<Incoming>| {
-        let (gw, guard) = (gw.clone(), guard.clone());
-        async move {
-            let started = Instant::now();
-            let verdict = guard.lock().unwrap_or_else(|e| e.into_inner()).next_verdict();
-            let response = match verdict {
-                Err(error) => {
-                    let mut r = ApiError::bad_request(format!(
-                        "request refused: {error}; send a well-formed HTTP/1.1 request"
-                    ))
-                    .to_response::<GatewayBody>();
-                    r.headers_mut()
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    gw.metrics.request(400);
-                    gw.metrics.rejection("malformed_head");
-                    r
-                }
-                Ok(()) => gw.handle(req).await,
-            };
-            gw.proxy_metrics.record(response.status(), started.elapsed());
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let builder =
-        sanctum_common::accept::http1_server(limits.header_read_timeout, limits.max_header_bytes);
-    if let Err(error) = watcher.watch(builder.serve_connection(io, service)).await {
-        tracing::debug!(%error, "client connection ended with an error");
+/// The gateway as a [`Handler`] of the shared server shell; the requests the shell answers
+/// itself (malformed heads, CONNECT) count in the gateway's own metrics too.
+struct Serving(Arc<Gateway>);
+
+impl Handler for Serving {
+    type Body = GatewayBody;
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<GatewayBody> {
+        self.0.handle(req).await
+    }
+
+    fn refused(&self, refusal: Refusal) {
+        self.0.metrics.request(refusal.status().as_u16());
+        self.0.metrics.rejection(refusal.reason());
     }
 }
 
-/// Accepts on `listener` (TLS when `tls` is set) until `shutdown`, then drains. At most
-/// `limits.max_connections` connections are open at once (more are closed at accept); a
-/// connection has 10 s for its TLS handshake and `limits.header_read_timeout` for each
-/// request head.
+/// Serves on `listener` (TLS when `tls` is set) on the shared server shell until
+/// `shutdown`, then drains for `limits.grace_period`. At most `limits.max_connections`
+/// connections are open at once (more are closed at accept); a connection has
+/// `limits.tls_handshake_timeout` for its TLS handshake and `limits.header_read_timeout`
+/// for each request head; hop-by-hop headers are gone before [`Gateway::handle`] runs.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
@@ -916,47 +886,12 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
-    let graceful = GracefulShutdown::new();
-    // The cap counts a connection from accept, through its TLS handshake, to its close.
-    let cap = ConnCap::new("gateway", limits.max_connections);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, slot) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = accept(&listener, &cap) => accepted,
-        };
-        let gw = gw.clone();
-        let watcher = graceful.watcher();
-        match &tls {
-            None => {
-                tokio::spawn(async move {
-                    serve_connection(gw, stream, limits, watcher).await;
-                    drop(slot);
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                // The handshake runs in the connection's task: a slow client delays only itself.
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_connection(gw, tls_stream, limits, watcher).await;
-                        }
-                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                    drop(slot);
-                });
-            }
-        }
-    }
-    drop(listener);
-    tracing::info!(grace_secs = limits.grace_period.as_secs(), "draining in-flight requests");
-    if tokio::time::timeout(limits.grace_period, graceful.shutdown()).await.is_err() {
-        tracing::warn!("grace period over: closing the remaining connections");
-    }
+    let metrics = gw.proxy_metrics.clone();
+    Server::new("gateway", Arc::new(Serving(gw)), limits)
+        .metrics(metrics)
+        .maybe_tls(tls)
+        .serve(listener, shutdown)
+        .await;
 }
 
 #[cfg(test)]

@@ -17,8 +17,6 @@ use hyper::body::Incoming;
 use thiserror::Error;
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::metrics::InFlight;
-
 /// Why a body stream ended early.
 #[derive(Debug, Error)]
 pub enum BodyError {
@@ -36,7 +34,6 @@ pub struct ProxyBody {
     // Boxed to keep the body Unpin: one allocation per streamed body.
     idle: Option<Pin<Box<Sleep>>>,
     idle_for: Duration,
-    in_flight: Option<InFlight>,
 }
 
 enum Kind {
@@ -88,7 +85,7 @@ impl Replay {
 
 impl ProxyBody {
     fn kind(kind: Kind) -> Self {
-        Self { kind, idle: None, idle_for: Duration::ZERO, in_flight: None }
+        Self { kind, idle: None, idle_for: Duration::ZERO }
     }
 
     /// This body, readable again from the start through the returned [`Replay`] as long as
@@ -115,7 +112,7 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         let kind = Kind::Full(if bytes.is_empty() { None } else { Some(bytes) });
-        Self { kind, idle: None, idle_for: Duration::ZERO, in_flight: None }
+        Self { kind, idle: None, idle_for: Duration::ZERO }
     }
 
     /// Fails the stream with [`BodyError::Idle`] when no frame arrives for `idle`.
@@ -125,12 +122,6 @@ impl ProxyBody {
             self.idle = Some(Box::pin(tokio::time::sleep(idle)));
             self.idle_for = idle;
         }
-        self
-    }
-
-    /// Keeps `guard` alive as long as the body: in-flight gauges count whole streams.
-    pub(crate) fn track(mut self, guard: InFlight) -> Self {
-        self.in_flight = Some(guard);
         self
     }
 
@@ -148,7 +139,7 @@ impl ProxyBody {
 
 impl From<Incoming> for ProxyBody {
     fn from(body: Incoming) -> Self {
-        Self { kind: Kind::Stream(body), idle: None, idle_for: Duration::ZERO, in_flight: None }
+        Self { kind: Kind::Stream(body), idle: None, idle_for: Duration::ZERO }
     }
 }
 

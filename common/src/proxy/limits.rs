@@ -15,6 +15,9 @@ pub struct Limits {
     /// Time a client has to send a complete request head once it started one, and the
     /// longest a keep-alive connection may sit idle between requests. Default 60 s.
     pub header_read_timeout: Duration,
+    /// Time a client has to complete its TLS handshake on a TLS listener; it counts
+    /// against the connection cap meanwhile. Default 10 s.
+    pub tls_handshake_timeout: Duration,
     /// Most client connections open at once on a listener; one more is closed as soon as
     /// it is accepted (with a log line). Bounds the file descriptors clients can hold.
     /// Default 1024.
@@ -49,6 +52,7 @@ impl Default for Limits {
         Self {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
             connect_timeout: Duration::from_secs(5),
             response_head_timeout: Duration::from_secs(600),

@@ -1,5 +1,7 @@
 //! The streaming HTTP/1 proxy plumbing that `sanctum-bridge`, `sanctum-forwarder forward`
-//! and `sanctum-gateway` share. One concept per module:
+//! and `sanctum-gateway` share, and the one server shell ([`Server`]) every listener of
+//! every binary runs on (the admin ports and the operator's webhook too). One concept per
+//! module:
 //!
 //! | module | what it is |
 //! |---|---|
@@ -9,7 +11,7 @@
 //! | [`limits`] | [`Limits`]: every size cap and timeout in one place, with the defaults the binaries use |
 //! | [`client`] | [`UpstreamClient`]: a pooled keep-alive hyper client over a Unix socket or over TCP/TLS (rustls, system roots plus an optional CA file) |
 //! | [`upstream_io`] | the wrapper around each upstream connection: an early answer is read even when the server stopped reading the body; a reused connection the server closed is detected before the request leaves, so it can be sent again |
-//! | [`server`] | [`serve`]: the accept loop (TCP or Unix) with the head guard, metrics and graceful shutdown; [`server::serve_connection`] for connections the caller accepts itself (TLS); [`server::shutdown_signal`] |
+//! | [`server`] | [`Server`]: the accept loop (TCP or Unix, plain or TLS) with the connection cap, header-read deadline, head guard, hop-by-hop removal, metrics and graceful shutdown, generic over the [`Handler`]'s response body; [`serve`] for a plain proxy data port; [`server::shutdown_signal`] |
 //! | [`metrics`] | [`ProxyMetrics`]: requests by status, upstream errors, in-flight, latency histogram, as Prometheus text |
 //! | [`listen`] | binding helpers: loopback-only TCP, owner-only Unix sockets replacing a stale one |
 //!
@@ -23,6 +25,7 @@
 //! struct Pass { client: UpstreamClient }
 //!
 //! impl Handler for Pass {
+//!     type Body = ProxyBody;
 //!     async fn handle(&self, req: http::Request<hyper::body::Incoming>) -> http::Response<ProxyBody> {
 //!         match self.client.send(req.map(ProxyBody::from)).await {
 //!             Ok(resp) => resp,
@@ -55,4 +58,4 @@ pub use client::{ExtraCa, Upstream, UpstreamClient, UpstreamError};
 pub use guard::{HeadError, HeadGuard};
 pub use limits::Limits;
 pub use metrics::ProxyMetrics;
-pub use server::{Handler, serve};
+pub use server::{Handler, Refusal, Server, serve};

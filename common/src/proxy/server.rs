@@ -1,55 +1,231 @@
-//! [`serve`]: the accept loop shared by every proxy listener, TCP or Unix.
+//! The one server shell of every Sanctum listener: the proxy data ports (bridge,
+//! forwarder), the gateway, the operator's webhook and every admin port.
 //!
-//! Per connection: the raw bytes pass through the [`HeadGuard`] on their way into hyper's
-//! HTTP/1 parser; per request: the guard's verdict is checked (a refused head is answered
-//! with 400 and `Connection: close`, and never reaches the [`Handler`]), the handler runs,
-//! and the metrics count the status, the time to the response head and the request as in
-//! flight until its response body is finished or dropped.
+//! [`Server`] owns everything between the socket and a [`Handler`]: the accept loop with
+//! its connection cap ([`crate::accept`]), an optional TLS handshake (in the connection's
+//! task, under a deadline, counted against the cap), the header-read deadline, the
+//! [`HeadGuard`] on the raw bytes, hop-by-hop removal before the handler sees a request,
+//! the lingering close, metrics, and the graceful shutdown.
+//!
+//! Per request: the guard's verdict is checked (a refused head is answered with 400 and
+//! `Connection: close`, and never reaches the handler; so is `CONNECT`, with 405), the
+//! hop-by-hop headers are removed, the handler runs, and the metrics (when given) count the
+//! status, the time to the response head and the request as in flight until its response
+//! body is finished or dropped.
+//!
+//! Generic, not boxed: each listener's handler and body type are monomorphized into its
+//! loop, so the per-request path allocates nothing beyond what the handler does.
 
 use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use http::header::CONNECTION;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-/// Re-exported for [`serve_connection`] callers.
-pub use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulShutdown;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::accept::{ConnCap, accept};
 use crate::error::ApiError;
-use crate::proxy::body::ProxyBody;
 use crate::proxy::guard::HeadGuard;
 use crate::proxy::hop::strip_hop_by_hop;
 use crate::proxy::limits::Limits;
-use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::metrics::{InFlight, ProxyMetrics};
+
+/// Re-exported: the listeners [`Server::serve`] accepts from (TCP, Unix), shared with every
+/// other accept loop through [`crate::accept`].
+pub use crate::accept::Listener;
 
 /// Turns one request into one response. Implement it with an `async fn`.
 ///
-/// The request arrives with its hop-by-hop headers already removed (so headers the handler
-/// adds are safe from a client's `Connection: <name>`), after the head guard accepted it.
-/// Its body is hyper's [`Incoming`]: wrap it with `ProxyBody::from` to stream it on.
-/// Errors are answered, not returned: build them with [`ApiError::to_response`].
+/// The request arrives after the head guard accepted it, with its hop-by-hop headers
+/// already removed (RFC 9110 §7.6.1), so headers the handler adds are safe from a client's
+/// `Connection: <name>`. Its body is hyper's [`Incoming`]: wrap it with `ProxyBody::from`
+/// to stream it on. Errors are answered, not returned: build them with
+/// [`ApiError::to_response`].
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send;
+    /// The response body: [`crate::proxy::ProxyBody`] for a proxy, `Full<Bytes>` for a
+    /// small server, the gateway's metered body. `From<Bytes>` so the shell can answer the
+    /// requests it refuses itself in the same type.
+    type Body: Body<Data = Bytes, Error: Into<Box<dyn StdError + Send + Sync>>>
+        + From<Bytes>
+        + Send
+        + 'static;
+
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// Told of every request the shell answered itself (the handler never saw it), e.g. to
+    /// count it in the handler's own metrics. Does nothing by default.
+    fn refused(&self, _refusal: Refusal) {}
 }
 
-/// Re-exported: the listeners [`serve`] accepts from (TCP, Unix), shared with every other
-/// accept loop through [`crate::accept`].
-pub use crate::accept::Listener;
+/// A request the shell answered itself instead of passing it to the [`Handler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The [`HeadGuard`] found the head ambiguous or malformed: 400, connection closed.
+    MalformedHead,
+    /// `CONNECT`: every Sanctum listener is an origin or reverse proxy, never a tunnel: 405.
+    Connect,
+}
+
+impl Refusal {
+    /// The status the client got.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MalformedHead => StatusCode::BAD_REQUEST,
+            Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// A short label for metrics: `malformed_head` or `connect`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::MalformedHead => "malformed_head",
+            Self::Connect => "connect",
+        }
+    }
+}
+
+/// One listener's serving: a name (in log lines), a handler, the [`Limits`] it applies,
+/// and optionally [`ProxyMetrics`] and TLS. Built once at start; [`Server::serve`] runs it.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use sanctum_common::proxy::{Limits, server::{Handler, Server}};
+/// # async fn run<H: Handler>(handler: Arc<H>, acceptor: tokio_rustls::TlsAcceptor) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
+/// Server::new("webhook", handler, Limits::default())
+///     .tls(acceptor)
+///     .serve(listener, sanctum_common::proxy::server::shutdown_signal())
+///     .await;
+/// # Ok(()) }
+/// ```
+pub struct Server<H> {
+    name: &'static str,
+    handler: Arc<H>,
+    limits: Limits,
+    metrics: Option<Arc<ProxyMetrics>>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl<H: Handler> Server<H> {
+    /// Plain HTTP/1.1 with `limits`: [`Limits::max_connections`] open at once,
+    /// [`Limits::header_read_timeout`] per head, [`Limits::max_header_bytes`] per head,
+    /// [`Limits::grace_period`] to drain at shutdown. `name` labels its log lines.
+    pub fn new(name: &'static str, handler: Arc<H>, limits: Limits) -> Self {
+        Self { name, handler, limits, metrics: None, tls: None }
+    }
+
+    /// Counts every request in `metrics` (status, time to response head, in flight).
+    #[must_use]
+    pub fn metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves HTTPS: each connection first completes a TLS handshake with `acceptor`
+    /// within [`Limits::tls_handshake_timeout`], in its own task (a slow client delays
+    /// only itself) and holding its place under the connection cap.
+    #[must_use]
+    pub fn tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// [`Server::tls`] when `acceptor` is set.
+    #[must_use]
+    pub fn maybe_tls(self, acceptor: Option<TlsAcceptor>) -> Self {
+        match acceptor {
+            Some(acceptor) => self.tls(acceptor),
+            None => self,
+        }
+    }
+
+    /// Accepts on `listener` until `shutdown` completes, then stops accepting and gives
+    /// in-flight requests (streams included) [`Limits::grace_period`] to finish before the
+    /// remaining connections are closed. At most [`Limits::max_connections`] connections
+    /// are open at once (from accept, through the TLS handshake, to close); more are closed
+    /// at accept.
+    pub async fn serve<L: Listener>(self, listener: L, shutdown: impl Future<Output = ()> + Send) {
+        let Self { name, handler, limits, metrics, tls } = self;
+        let graceful = GracefulShutdown::new();
+        let cap = ConnCap::new(name, limits.max_connections);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (io, slot) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = accept(&listener, &cap) => accepted,
+            };
+            let (handler, metrics) = (handler.clone(), metrics.clone());
+            match &tls {
+                None => {
+                    let connection =
+                        serve_connection(io, handler, &limits, metrics, graceful.watcher());
+                    tokio::spawn(async move {
+                        connection.await;
+                        drop(slot);
+                    });
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io));
+                    // Taken now: a drain waits for a handshake in progress (bounded by
+                    // its deadline), then closes that connection before its first request.
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        match handshake.await {
+                            Ok(Ok(io)) => {
+                                serve_connection(io, handler, &limits, metrics, watcher).await;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(listener = name, %error, "TLS handshake failed");
+                            }
+                            Err(_) => tracing::debug!(listener = name, "TLS handshake timed out"),
+                        }
+                        drop(slot);
+                    });
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            listener = name,
+            grace_secs = limits.grace_period.as_secs_f64(),
+            "shutting down: waiting for in-flight requests"
+        );
+        if tokio::time::timeout(limits.grace_period, graceful.shutdown()).await.is_err() {
+            tracing::warn!(listener = name, "grace period over: closing the remaining connections");
+        }
+    }
+}
+
+/// The proxy data port in one call: [`Server`] named `data`, plain HTTP, counting in
+/// `metrics`. See [`Server::serve`].
+pub async fn serve<L: Listener, H: Handler>(
+    listener: L,
+    handler: Arc<H>,
+    limits: Limits,
+    metrics: Arc<ProxyMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    Server::new("data", handler, limits).metrics(metrics).serve(listener, shutdown).await;
+}
 
 pin_project! {
     /// A connection whose read side also feeds the head guard, and whose shutdown is a
-    /// lingering close (RFC 9112 §9.6). [`serve_connection`] wraps every connection in it;
-    /// a server with its own accept loop (the gateway) uses [`GuardedIo::new`].
+    /// lingering close (RFC 9112 §9.6). [`Server`] wraps every connection in it.
     ///
     /// Why the lingering close: when we answer before reading the whole request body (a
     /// 413 or 401 decided from the head), closing the socket with unread bytes in it makes
@@ -150,8 +326,38 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
     }
 }
 
-fn refuse(error: ApiError) -> Response<ProxyBody> {
-    let mut response: Response<ProxyBody> = error.to_response();
+pin_project! {
+    /// A response body that keeps the request counted as in flight until it is finished
+    /// or dropped (a stream counts for its whole length). Adds no allocation.
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn refuse<B: From<Bytes>>(error: ApiError) -> Response<B> {
+    let mut response: Response<B> = error.to_response();
     // After a framing problem nothing else on this connection can be trusted.
     response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     response
@@ -160,27 +366,31 @@ fn refuse(error: ApiError) -> Response<ProxyBody> {
 async fn one_request<H: Handler>(
     handler: &H,
     guard: &Mutex<HeadGuard>,
-    metrics: &ProxyMetrics,
+    metrics: Option<&ProxyMetrics>,
     req: Request<Incoming>,
-) -> Response<ProxyBody> {
+) -> Response<Tracked<H::Body>> {
     let start = Instant::now();
-    let in_flight = metrics.start();
+    let in_flight = metrics.map(ProxyMetrics::start);
     let verdict = guard.lock().unwrap_or_else(PoisonError::into_inner).next_verdict();
     let response = match verdict {
         Err(error) => {
             tracing::warn!(%error, method = %req.method(), "refused an ambiguous request head");
+            handler.refused(Refusal::MalformedHead);
             refuse(ApiError::bad_request(format!(
-                "request refused before forwarding: {error}; send a well-formed HTTP/1.1 request"
+                "request refused: {error}; send a well-formed HTTP/1.1 request"
             )))
         }
-        Ok(()) if req.method() == Method::CONNECT => refuse(
-            ApiError::new(
-                http::StatusCode::METHOD_NOT_ALLOWED,
-                crate::error::ErrorKind::InvalidRequestError,
-                "CONNECT is not supported: this is a reverse proxy; send requests to it directly",
+        Ok(()) if req.method() == Method::CONNECT => {
+            handler.refused(Refusal::Connect);
+            refuse(
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    crate::error::ErrorKind::InvalidRequestError,
+                    "CONNECT is not supported: send requests to this server directly",
+                )
+                .retry(crate::error::Retry::Never),
             )
-            .retry(crate::error::Retry::Never),
-        ),
+        }
         Ok(()) => {
             // Before the handler: a client's `Connection: <name>` must not be able to remove
             // a header the handler adds (the tokens, the provider key) when it is forwarded.
@@ -189,25 +399,21 @@ async fn one_request<H: Handler>(
             handler.handle(req).await
         }
     };
-    metrics.record(response.status(), start.elapsed());
-    response.map(|body| body.track(in_flight))
+    if let Some(metrics) = metrics {
+        metrics.record(response.status(), start.elapsed());
+    }
+    response.map(|inner| Tracked { inner, in_flight })
 }
 
-fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
-    crate::accept::http1_server(limits.header_read_timeout, limits.max_header_bytes)
-}
-
-/// Serves one connection that the caller accepted itself — e.g. after a TLS handshake,
-/// which must not run inside the accept loop. Same per-request behaviour as [`serve`]
-/// (head guard, CONNECT refused, metrics). The connection is registered with `graceful`
-/// now, so the caller's shutdown drains it; the returned future (spawn it) ends when the
-/// connection closes.
-pub fn serve_connection<I, H>(
+/// Serves one accepted (and, for TLS, handshaken) connection until it closes: head guard,
+/// header-read deadline, per-request handling, lingering close, registered with the
+/// shutdown through `watcher`.
+fn serve_connection<I, H>(
     io: I,
     handler: Arc<H>,
     limits: &Limits,
-    metrics: Arc<ProxyMetrics>,
-    graceful: &GracefulShutdown,
+    metrics: Option<Arc<ProxyMetrics>>,
+    watcher: hyper_util::server::graceful::Watcher,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -217,47 +423,16 @@ where
     let io = TokioIo::new(GuardedIo::new(io, guard.clone(), limits));
     let service = service_fn(move |req| {
         let (handler, guard, metrics) = (handler.clone(), guard.clone(), metrics.clone());
-        async move { Ok::<_, Infallible>(one_request(&*handler, &guard, &metrics, req).await) }
+        async move { Ok::<_, Infallible>(one_request(&*handler, &guard, metrics.as_deref(), req).await) }
     });
-    let connection = graceful.watch(http1_builder(limits).serve_connection(io, service));
+    let connection = watcher.watch(
+        crate::accept::http1_server(limits.header_read_timeout, limits.max_header_bytes)
+            .serve_connection(io, service),
+    );
     async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "client connection ended with an error");
         }
-    }
-}
-
-/// Serves `handler` on `listener` until `shutdown` completes, then stops accepting and
-/// gives in-flight requests (streams included) [`Limits::grace_period`] to finish. At most
-/// [`Limits::max_connections`] connections are open at once; more are closed at accept.
-pub async fn serve<L: Listener, H: Handler>(
-    listener: L,
-    handler: Arc<H>,
-    limits: Limits,
-    metrics: Arc<ProxyMetrics>,
-    shutdown: impl Future<Output = ()> + Send,
-) {
-    let graceful = GracefulShutdown::new();
-    let cap = ConnCap::new("data", limits.max_connections);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (io, slot) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = accept(&listener, &cap) => accepted,
-        };
-        let connection = serve_connection(io, handler.clone(), &limits, metrics.clone(), &graceful);
-        tokio::spawn(async move {
-            connection.await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    tracing::info!(
-        grace_secs = limits.grace_period.as_secs(),
-        "shutting down: waiting for in-flight requests"
-    );
-    if tokio::time::timeout(limits.grace_period, graceful.shutdown()).await.is_err() {
-        tracing::warn!("grace period over: closing the remaining connections");
     }
 }
 

@@ -8,7 +8,6 @@
 //! - `POST /v1/trat` — the token service (only under `run`, which has API access)
 //! - `GET /healthz`
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,15 +18,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::OperatorConfig;
 use crate::token_service::{self, TokenService, TokenServiceError};
 use crate::webhook::admission::{self, OptIn, Settings};
-use sanctum_common::accept::{ConnCap, accept, http1_server};
+use sanctum_common::proxy::{Handler, Limits, Server};
 use sanctum_common::tls::{self, ReloadingCert, TlsError};
 
 /// Largest AdmissionReview accepted (the API server caps objects at about 1.5 MiB; a
@@ -280,16 +276,44 @@ pub async fn bind(
     Ok(TlsListener { listener, acceptor })
 }
 
-/// Most connections open at once (webhook calls from the API servers, TraT requests from
-/// injected pods starting); more are closed at accept, with a log line.
-const MAX_CONNECTIONS: usize = 1024;
+/// The webhook's admission rules on the shared server shell: at most 1024 connections open
+/// at once (webhook calls from the API servers, TraT requests from injected pods starting;
+/// more are closed at accept, with a log line), 10 s for the TLS handshake and for each
+/// request head, heads up to 64 KiB, 10 s for open requests to finish at shutdown.
+pub fn default_limits() -> Limits {
+    Limits {
+        max_connections: 1024,
+        header_read_timeout: Duration::from_secs(10),
+        tls_handshake_timeout: Duration::from_secs(10),
+        max_header_bytes: 64 * 1024,
+        grace_period: Duration::from_secs(10),
+        ..Limits::default()
+    }
+}
 
-/// Serves until `shutdown` completes, then lets open requests finish (at most 10 s). At most
-/// 1024 connections are open at once; each has 10 s for its TLS handshake and for each
-/// request head.
+impl Handler for WebhookState {
+    type Body = Full<Bytes>;
+    async fn handle(&self, req: Request<Incoming>) -> Resp {
+        handle(self, req).await
+    }
+}
+
+/// Serves until `shutdown` completes, with [`default_limits`].
 pub async fn serve(
     tls: TlsListener,
     state: Arc<WebhookState>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    serve_with(tls, state, default_limits(), shutdown).await;
+}
+
+/// Serves on the shared server shell ([`Server`]: TLS, connection cap, header-read
+/// deadline, head guard, graceful shutdown) until `shutdown` completes, then lets open
+/// requests finish for `limits.grace_period`. Re-reads the CA bundle every 5 s meanwhile.
+pub async fn serve_with(
+    tls: TlsListener,
+    state: Arc<WebhookState>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     {
@@ -303,50 +327,6 @@ pub async fn serve(
             }
         });
     }
-    let graceful = GracefulShutdown::new();
-    // The common admission rules (cap, accept back-off, head deadline): the webhook and the
-    // token service are reachable from every pod of the cluster.
-    let cap = ConnCap::new("webhook", MAX_CONNECTIONS);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, slot) = tokio::select! {
-            accepted = accept(&tls.listener, &cap) => accepted,
-            () = &mut shutdown => break,
-        };
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        let acceptor = tls.acceptor.clone();
-        let state = state.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls_stream = match tokio::time::timeout(
-                Duration::from_secs(10),
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let conn = http1_server(Duration::from_secs(10), 64 * 1024)
-                .serve_connection(TokioIo::new(tls_stream), service);
-            if let Err(error) = watcher.watch(conn).await {
-                tracing::debug!(%peer, %error, "webhook connection ended with an error");
-            }
-            drop(slot);
-        });
-    }
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
-        tracing::warn!("webhook connections still open after 10 s; closing them");
-    }
+    // The webhook and the token service are reachable from every pod of the cluster.
+    Server::new("webhook", state, limits).tls(tls.acceptor).serve(tls.listener, shutdown).await;
 }
