@@ -7,12 +7,14 @@
 pub mod audit;
 pub mod body;
 pub mod budget;
+pub mod config;
 pub mod dlp;
 pub mod fields;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod provider;
 pub mod ratelimit;
 pub mod reject;
 pub mod revocation;
