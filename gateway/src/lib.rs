@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod bedrock;
 pub mod budget;
 pub mod config;
 pub mod dlp;
