@@ -2,10 +2,12 @@
 //! (pod, TraT Secret, NetworkPolicy), the injection shared with the admission webhook, and
 //! the controller that drives runs and reports them.
 
+pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod inject;
+pub mod labels;
 pub mod metrics;
 pub mod names;
 pub mod netpol;
@@ -18,6 +20,7 @@ pub mod render;
 pub mod resources;
 pub mod revoked;
 pub mod seccomp;
+pub mod serve;
 pub mod status;
 pub mod stored;
 pub mod tenancy;

@@ -1,4 +1,6 @@
-//! `sanctum-operator`: the ScannerRun controller, and the CLI around it.
+//! `sanctum-operator`'s command line: parses the subcommands and hands each to the module
+//! that does it (`run` and `webhook` to [`sanctum_operator::serve`], `render`, `inject`,
+//! `crd`, `jwks`, `keygen`, `seccomp-install`); errors end here, as one line.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -27,9 +29,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the controller, webhook, token service and admin port in a cluster.
-    Run(sanctum_operator::controller::RunArgs),
+    Run(sanctum_operator::serve::RunArgs),
     /// Serve the mutating admission webhook alone (no cluster needed to inject).
-    Webhook(sanctum_operator::controller::WebhookArgs),
+    Webhook(sanctum_operator::serve::WebhookArgs),
     /// Print FILE with every opted-in pod (template) injected as the webhook would.
     Inject {
         /// YAML file (`-` for standard input): Pod, Deployment, StatefulSet, DaemonSet,
@@ -151,13 +153,13 @@ fn real_main(cli: Cli) -> Result<()> {
             telemetry::init(cli.log_format);
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(sanctum_operator::controller::run(args))
+            runtime.block_on(sanctum_operator::serve::run(args))
         }
         Command::Webhook(args) => {
             telemetry::init(cli.log_format);
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(sanctum_operator::controller::webhook(args))
+            runtime.block_on(sanctum_operator::serve::webhook(args))
         }
         Command::Inject { file, config, namespace_enabled, ca_bundle_file } => {
             use sanctum_operator::webhook::admission::{OptIn, Settings};

@@ -10,9 +10,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::config::OperatorConfig;
 use crate::crd::ScannerRun;
-use crate::names::LABEL_RUN;
+use crate::labels::{owned_meta, run_selector};
 use crate::plan::{RepoSource, RunPlan};
-use crate::pod::owned_meta;
 
 fn port(protocol: &str, port: i32) -> NetworkPolicyPort {
     NetworkPolicyPort {
@@ -99,7 +98,7 @@ pub fn build_network_policy(
     NetworkPolicy {
         metadata: owned_meta(run, plan, &plan.network_policy_name, "network-policy"),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(selector(&[(LABEL_RUN, &plan.name)])),
+            pod_selector: Some(selector(&[run_selector(plan)])),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             // No ingress rule with `Ingress` in policyTypes denies all ingress. Left out
             // rather than `[]`: the server stores an empty list as absent, and an applied

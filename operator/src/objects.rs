@@ -13,10 +13,11 @@ use thiserror::Error;
 use crate::config::OperatorConfig;
 use crate::crd::{IdentitySource, ScannerRun};
 use crate::inject::InjectError;
+use crate::labels::owned_meta;
 use crate::names::{SECRET_KEY_HELPER_CONF, SECRET_KEY_TRAT};
 use crate::netpol::build_network_policy;
 use crate::plan::{PlanError, RunPlan};
-use crate::pod::{build_pod, owned_meta};
+use crate::pod::build_pod;
 use crate::tenancy::TenancyError;
 use crate::tokens::{Signer, TokenError, trat_claims};
 
@@ -98,12 +99,23 @@ pub fn build(
     signer: &Signer,
     now: u64,
 ) -> Result<RunObjects, BuildError> {
-    let plan = RunPlan::new(run, config)?;
+    build_planned(run, &RunPlan::new(run, config)?, config, signer, now)
+}
+
+/// [`build`] from the run's plan, made once by the caller (the reconciler plans a run once
+/// per pass and hands the same plan to every step).
+pub fn build_planned(
+    run: &ScannerRun,
+    plan: &RunPlan,
+    config: &OperatorConfig,
+    signer: &Signer,
+    now: u64,
+) -> Result<RunObjects, BuildError> {
     let policy = config.tenancy.allow_run(&plan.namespace, &plan.org_id)?;
     policy.allow_env(&plan.namespace, run.spec.env.as_deref().unwrap_or_default())?;
-    let pod = build_pod(run, &plan, config)?;
+    let pod = build_pod(run, plan, config)?;
     let claims = trat_claims(
-        &plan,
+        plan,
         policy.budget_tokens,
         &config.trat.issuer,
         config.trat.expiry_margin_seconds,
@@ -111,8 +123,8 @@ pub fn build(
     );
     let trat = signer.sign(&claims)?;
     Ok(RunObjects {
-        secret: build_secret(run, &plan, config, &trat),
-        network_policy: build_network_policy(run, &plan, config),
+        secret: build_secret(run, plan, config, &trat),
+        network_policy: build_network_policy(run, plan, config),
         pod,
     })
 }

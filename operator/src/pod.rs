@@ -8,12 +8,11 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, PodSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::Resource;
-use kube::api::ObjectMeta;
 
 use crate::config::OperatorConfig;
 use crate::crd::{IdentitySource, ScannerRun};
 use crate::inject::{self, Agents, ConfigFile, IdentityMount, InjectError, Injection, TratSource};
+use crate::labels::owned_meta;
 use crate::names::*;
 use crate::plan::{RepoSource, RunPlan};
 
@@ -23,29 +22,6 @@ const VOLUME_OUTPUT: &str = "output";
 const VOLUME_TMP: &str = "tmp";
 const VOLUME_HOME: &str = "home";
 const HOME: &str = "/home/sanctum";
-
-/// Labels on everything the operator creates for a run.
-pub fn labels(plan: &RunPlan, component: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.into(), "sanctum-scanner".into()),
-        (LABEL_INSTANCE.into(), plan.name.clone()),
-        (LABEL_COMPONENT.into(), component.into()),
-        (LABEL_MANAGED_BY.into(), MANAGER.into()),
-        (LABEL_PART_OF.into(), "sanctum".into()),
-        (LABEL_RUN.into(), plan.name.clone()),
-    ])
-}
-
-/// Metadata of an object owned (and garbage-collected) with the run.
-pub fn owned_meta(run: &ScannerRun, plan: &RunPlan, name: &str, component: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some(plan.namespace.clone()),
-        labels: Some(labels(plan, component)),
-        owner_references: run.controller_owner_ref(&()).map(|o| vec![o]),
-        ..Default::default()
-    }
-}
 
 fn mount(name: &str, path: &str, read_only: bool, sub_path: Option<&String>) -> VolumeMount {
     VolumeMount {

@@ -1,6 +1,7 @@
 //! The ScannerRun reconciler: create the run's objects once, then follow its pod and report
-//! phase, conditions, result and Events. Decisions are pure functions ([`next_status`]);
-//! [`reconcile`] is the thin shell that reads and writes the API.
+//! phase, conditions, result and Events. Decisions are pure functions (the run's plan once
+//! per pass, [`crate::objects`], the status transitions of [`crate::status`]); [`reconcile`]
+//! is the thin shell that reads and writes the API.
 //!
 //! Choices worth knowing:
 //! - Objects are created once. The pod and the NetworkPolicy go through server-side apply
@@ -25,13 +26,12 @@
 //!   it is a subresource the operator alone is granted.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -43,15 +43,15 @@ use crate::config::OperatorConfig;
 use crate::crd::{Phase, ScannerRun, ScannerRunStatus};
 use crate::metrics::Metrics;
 use crate::names::MANAGER;
-use crate::objects::{BuildError, build};
+use crate::objects::{BuildError, build_planned};
 use crate::plan::RunPlan;
 use crate::refusal::Refused;
 use crate::revoked::{self, Revoked};
 use crate::status::{
-    self, FINISHED, Observation, PROVISIONED, RESULT_RECORDED, SECRET_CREATED, STARTED,
-    set_condition,
+    self, conflict, created_its_secret, failed_to_build, pod_deleted, provisioned, secret_created,
+    waiting,
 };
-use crate::tokens::{Signer, TokenError};
+use crate::tokens::SignerSlot;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -61,36 +61,13 @@ pub enum Error {
     Metadata(&'static str),
 }
 
-/// The signing key, reloaded from its file while it is missing (it may be mounted late).
-#[derive(Debug)]
-pub struct SignerSlot {
-    path: Option<PathBuf>,
-    current: RwLock<Option<Signer>>,
-}
-
-impl SignerSlot {
-    pub fn new(path: Option<PathBuf>, initial: Option<Signer>) -> Self {
-        Self { path, current: RwLock::new(initial) }
-    }
-
-    pub fn get(&self) -> Result<Signer, TokenError> {
-        if let Some(s) = self.current.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            return Ok(s.clone());
-        }
-        let signer = Signer::from_config(self.path.as_deref())?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(signer.clone());
-        Ok(signer)
-    }
-
-    pub fn loaded(&self) -> Option<Signer> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
+/// What every reconcile shares: the API client, the config, the process's one signing key
+/// holder (shared with the token service), the revoked list, metrics and the per-run
+/// failure counts of the controller's error policy.
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
-    pub signer: SignerSlot,
+    pub signer: Arc<SignerSlot>,
     pub recorder: Recorder,
     pub revoked: Arc<Revoked>,
     pub metrics: Arc<Metrics>,
@@ -100,173 +77,6 @@ pub struct Context {
 
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: now.clone(),
-    }
-}
-
-/// The status after the run could not be built.
-pub fn failed_to_build(run: &ScannerRun, error: &BuildError, now: &Time) -> ScannerRunStatus {
-    let mut status = run.status.clone().unwrap_or_default();
-    let generation = run.metadata.generation;
-    let message = error.to_string();
-    set_condition(
-        &mut status.conditions,
-        condition(PROVISIONED, false, error.reason(), &message, generation, now),
-    );
-    set_condition(
-        &mut status.conditions,
-        condition(FINISHED, true, error.reason(), &message, generation, now),
-    );
-    status.phase = Some(Phase::Failed);
-    status.message = Some(message);
-    status.observed_generation = generation;
-    status.completion_time = Some(now.clone());
-    status
-}
-
-/// The status after the run could not be provisioned because an object of its name exists
-/// that it does not own (`reason`: `PodConflict`, `SecretConflict`).
-pub fn conflict(run: &ScannerRun, reason: &str, message: &str, now: &Time) -> ScannerRunStatus {
-    let mut status = run.status.clone().unwrap_or_default();
-    let generation = run.metadata.generation;
-    set_condition(
-        &mut status.conditions,
-        condition(PROVISIONED, false, reason, message, generation, now),
-    );
-    set_condition(
-        &mut status.conditions,
-        condition(FINISHED, true, reason, message, generation, now),
-    );
-    status.phase = Some(Phase::Failed);
-    status.message = Some(message.to_owned());
-    status.observed_generation = generation;
-    status.completion_time = Some(now.clone());
-    status
-}
-
-/// The status right after this run created its Secret: the record that the Secret of the
-/// run's name is its own.
-pub fn secret_created(run: &ScannerRun, plan: &RunPlan, now: &Time) -> ScannerRunStatus {
-    let mut status = run.status.clone().unwrap_or_default();
-    let generation = run.metadata.generation;
-    let message = format!("created Secret {} holding the run's TraT", plan.secret_name);
-    set_condition(
-        &mut status.conditions,
-        condition(SECRET_CREATED, true, "Created", &message, generation, now),
-    );
-    status.phase = Some(Phase::Pending);
-    status.observed_generation = generation;
-    status
-}
-
-/// Whether the run's status records that it created its Secret.
-pub fn created_its_secret(run: &ScannerRun) -> bool {
-    run.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| c.type_ == SECRET_CREATED && c.status == "True")
-    })
-}
-
-/// The status right after the run's objects were created.
-pub fn provisioned(run: &ScannerRun, plan: &RunPlan, now: &Time) -> ScannerRunStatus {
-    let mut status = run.status.clone().unwrap_or_default();
-    let generation = run.metadata.generation;
-    let message = format!(
-        "created pod {}, Secret {} and NetworkPolicy {}",
-        plan.pod_name, plan.secret_name, plan.network_policy_name
-    );
-    set_condition(
-        &mut status.conditions,
-        condition(PROVISIONED, true, "Created", &message, generation, now),
-    );
-    status.phase = Some(Phase::Pending);
-    status.pod_name = Some(plan.pod_name.clone());
-    status.message = Some(message);
-    status.observed_generation = generation;
-    status
-}
-
-/// The status after the pod vanished under an unfinished run.
-pub fn pod_deleted(run: &ScannerRun, pod_name: &str, now: &Time) -> ScannerRunStatus {
-    let obs = Observation {
-        phase: Phase::Failed,
-        reason: "PodDeleted".into(),
-        message: format!(
-            "pod {pod_name} was deleted before the run finished; create a new ScannerRun to run again"
-        ),
-        start_time: None,
-        completion_time: Some(now.clone()),
-        result: None,
-    };
-    next_status(run, obs, now)
-}
-
-/// Folds one observation of the pod into the run's status.
-pub fn next_status(run: &ScannerRun, obs: Observation, now: &Time) -> ScannerRunStatus {
-    let mut status = run.status.clone().unwrap_or_default();
-    let generation = run.metadata.generation;
-    status.observed_generation = generation;
-    status.phase = Some(obs.phase);
-    status.message = Some(obs.message.clone());
-    if status.start_time.is_none() {
-        status.start_time = obs.start_time.clone();
-    }
-    let started = matches!(obs.phase, Phase::Running)
-        || (obs.phase.is_terminal() && status.start_time.is_some());
-    if started {
-        set_condition(
-            &mut status.conditions,
-            condition(STARTED, true, "Started", "the scanner container started", generation, now),
-        );
-    }
-    if obs.phase.is_terminal() {
-        status.completion_time = Some(obs.completion_time.clone().unwrap_or_else(|| now.clone()));
-        // `Finished` is True once the run is over; its reason says how it ended.
-        set_condition(
-            &mut status.conditions,
-            condition(FINISHED, true, &obs.reason, &obs.message, generation, now),
-        );
-        match &obs.result {
-            Some(Ok(result)) => {
-                status.findings = Some(result.findings.summary());
-                status.result = Some(result.clone());
-                set_condition(
-                    &mut status.conditions,
-                    condition(
-                        RESULT_RECORDED,
-                        true,
-                        "Recorded",
-                        "the scanner's summary is in status.result",
-                        generation,
-                        now,
-                    ),
-                );
-            }
-            Some(Err(e)) => {
-                set_condition(
-                    &mut status.conditions,
-                    condition(RESULT_RECORDED, false, e.reason(), &e.message(), generation, now),
-                );
-            }
-            None => {}
-        }
-    }
-    status
 }
 
 async fn publish(ctx: &Context, run: &ScannerRun, warning: bool, reason: &str, note: &str) {
@@ -388,7 +198,8 @@ pub async fn reconcile(run: Arc<ScannerRun>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
-fn key(run: &ScannerRun) -> String {
+/// `namespace/name` of a run: its key in [`Context::failures`].
+pub(crate) fn key(run: &ScannerRun) -> String {
     format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any())
 }
 
@@ -459,23 +270,19 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
         return fail_conflict(run, ctx, &runs, &name, "PodConflict", &error, &now).await;
     }
 
-    let obs = status::observe(&pod);
-    let old = run.status.clone().unwrap_or_default();
-    let (phase, reason, message) = (obs.phase, obs.reason.clone(), obs.message.clone());
-    let status = next_status(run, obs, &now);
-    if status != old {
-        write_status(&runs, run, &status).await?;
+    let step = status::step(run, status::observe(&pod), &now);
+    if step.changed {
+        write_status(&runs, run, &step.status).await?;
     }
-    if old.phase != Some(phase) {
-        ctx.metrics.transition(&format!("{phase:?}"), &reason);
-        publish(ctx, run, phase == Phase::Failed, &reason, &message).await;
-        if let Some(cond) =
-            status.conditions.iter().find(|c| c.type_ == RESULT_RECORDED && c.status == "False")
-        {
+    if let Some(entered) = &step.entered {
+        let phase = entered.phase;
+        ctx.metrics.transition(&format!("{phase:?}"), &entered.reason);
+        publish(ctx, run, phase == Phase::Failed, &entered.reason, &entered.message).await;
+        if let Some(cond) = &entered.result_missing {
             publish(ctx, run, true, &cond.reason, &cond.message).await;
         }
     }
-    if phase.is_terminal() {
+    if step.terminal {
         revoke(run, ctx);
     }
     Ok(Action::await_change())
@@ -513,21 +320,6 @@ async fn fail_build(
     Ok(Action::await_change())
 }
 
-/// The status of a run whose object the API server refused for now (see
-/// [`crate::refusal`]): still `Pending`, `Provisioned=False` with the server's reason.
-pub fn waiting(run: &ScannerRun, reason: &str, message: &str, now: &Time) -> ScannerRunStatus {
-    let mut status = run.status.clone().unwrap_or_default();
-    let generation = run.metadata.generation;
-    set_condition(
-        &mut status.conditions,
-        condition(PROVISIONED, false, reason, message, generation, now),
-    );
-    status.phase = Some(Phase::Pending);
-    status.message = Some(message.to_owned());
-    status.observed_generation = generation;
-    status
-}
-
 /// How long a waiting run waits before the next try: as long as it has been waiting
 /// (`since`, the condition's lastTransitionTime), so the pace halves with each try,
 /// between 5 s and 5 min.
@@ -554,8 +346,7 @@ async fn refused(
         Some(Refused::Wait { reason, message }) => {
             let old = run.status.clone().unwrap_or_default();
             let status = waiting(run, reason, &message, now);
-            let first =
-                !old.conditions.iter().any(|c| c.type_ == PROVISIONED && c.reason == reason);
+            let first = status::first_wait(&old, reason);
             if status != old {
                 write_status(runs, run, &status).await?;
             }
@@ -564,12 +355,7 @@ async fn refused(
                 ctx.metrics.transition("Pending", reason);
                 publish(ctx, run, true, reason, &message).await;
             }
-            let since = status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == PROVISIONED)
-                .map_or(now, |c| &c.last_transition_time);
-            Ok(Action::requeue(retry_delay(since, now)))
+            Ok(Action::requeue(retry_delay(status::waiting_since(&status, now), now)))
         }
         Some(Refused::Operator) | None => Err(error.into()),
     }
@@ -587,7 +373,7 @@ async fn create(
         Ok(signer) => signer,
         Err(e) => return fail_build(run, ctx, runs, name, BuildError::Token(e), now).await,
     };
-    let objects = match build(run, &ctx.config, &signer, now_secs()) {
+    let objects = match build_planned(run, plan, &ctx.config, &signer, now_secs()) {
         Ok(objects) => objects,
         Err(e) => return fail_build(run, ctx, runs, name, e, now).await,
     };
@@ -642,17 +428,6 @@ async fn create(
     publish(ctx, run, false, "Created", status.message.as_deref().unwrap_or_default()).await;
     tracing::info!(run = name, namespace = %plan.namespace, pod = %plan.pod_name, "created the run's objects");
     Ok(Action::await_change())
-}
-
-/// Retries with exponential backoff (1 s, 2 s, … up to 5 min) per run: an API outage is
-/// ridden out without a hot loop.
-pub fn error_policy(run: Arc<ScannerRun>, error: &Error, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
-    let n = failures.entry(key(&run)).or_insert(0);
-    *n = n.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
-    tracing::warn!(run = %key(&run), %error, retry_in_secs = delay.as_secs(), "reconcile failed");
-    Action::requeue(delay)
 }
 
 #[cfg(test)]

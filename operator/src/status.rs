@@ -1,10 +1,14 @@
-//! What the scanner pod says about the run, as a pure function: phase, a condition reason
-//! a person can act on, times, and the result summary from the termination message.
+//! The status of a ScannerRun, as pure functions: what the scanner pod says about the run
+//! ([`observe`]: phase, a condition reason a person can act on, times, and the result
+//! summary from the termination message), and every transition the reconciler writes into
+//! `.status` (built, provisioned, waiting, failed, one observation folded in: [`step`]).
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{Phase, RunResult};
+use crate::crd::{Phase, RunResult, ScannerRun, ScannerRunStatus};
+use crate::objects::BuildError;
+use crate::plan::RunPlan;
 use crate::pod::SCANNER_CONTAINER;
 
 /// The largest summary the run result contract allows.
@@ -272,6 +276,232 @@ pub fn observe(pod: &Pod) -> Observation {
         obs.result = result.or(Some(Err(ResultError::Missing)));
     }
     obs
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// The status after the run could not be built: `Failed`, with the error's reason on
+/// `Provisioned=False` and `Finished=True`.
+pub fn failed_to_build(run: &ScannerRun, error: &BuildError, now: &Time) -> ScannerRunStatus {
+    conflict(run, error.reason(), &error.to_string(), now)
+}
+
+/// The status after the run could not be provisioned because an object of its name exists
+/// that it does not own (`reason`: `PodConflict`, `SecretConflict`), or the API server
+/// refused one of its objects for good ([`crate::refusal`]): `Failed`.
+pub fn conflict(run: &ScannerRun, reason: &str, message: &str, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        condition(PROVISIONED, false, reason, message, generation, now),
+    );
+    set_condition(
+        &mut status.conditions,
+        condition(FINISHED, true, reason, message, generation, now),
+    );
+    status.phase = Some(Phase::Failed);
+    status.message = Some(message.to_owned());
+    status.observed_generation = generation;
+    status.completion_time = Some(now.clone());
+    status
+}
+
+/// The status right after this run created its Secret: the record that the Secret of the
+/// run's name is its own.
+pub fn secret_created(run: &ScannerRun, plan: &RunPlan, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    let message = format!("created Secret {} holding the run's TraT", plan.secret_name);
+    set_condition(
+        &mut status.conditions,
+        condition(SECRET_CREATED, true, "Created", &message, generation, now),
+    );
+    status.phase = Some(Phase::Pending);
+    status.observed_generation = generation;
+    status
+}
+
+/// Whether the run's status records that it created its Secret.
+pub fn created_its_secret(run: &ScannerRun) -> bool {
+    run.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| c.type_ == SECRET_CREATED && c.status == "True")
+    })
+}
+
+/// The status right after the run's objects were created.
+pub fn provisioned(run: &ScannerRun, plan: &RunPlan, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    let message = format!(
+        "created pod {}, Secret {} and NetworkPolicy {}",
+        plan.pod_name, plan.secret_name, plan.network_policy_name
+    );
+    set_condition(
+        &mut status.conditions,
+        condition(PROVISIONED, true, "Created", &message, generation, now),
+    );
+    status.phase = Some(Phase::Pending);
+    status.pod_name = Some(plan.pod_name.clone());
+    status.message = Some(message);
+    status.observed_generation = generation;
+    status
+}
+
+/// The status after the pod vanished under an unfinished run.
+pub fn pod_deleted(run: &ScannerRun, pod_name: &str, now: &Time) -> ScannerRunStatus {
+    let obs = Observation {
+        phase: Phase::Failed,
+        reason: "PodDeleted".into(),
+        message: format!(
+            "pod {pod_name} was deleted before the run finished; create a new ScannerRun to run again"
+        ),
+        start_time: None,
+        completion_time: Some(now.clone()),
+        result: None,
+    };
+    next_status(run, obs, now)
+}
+
+/// Folds one observation of the pod into the run's status.
+pub fn next_status(run: &ScannerRun, obs: Observation, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    status.observed_generation = generation;
+    status.phase = Some(obs.phase);
+    status.message = Some(obs.message.clone());
+    if status.start_time.is_none() {
+        status.start_time = obs.start_time.clone();
+    }
+    let started = matches!(obs.phase, Phase::Running)
+        || (obs.phase.is_terminal() && status.start_time.is_some());
+    if started {
+        set_condition(
+            &mut status.conditions,
+            condition(STARTED, true, "Started", "the scanner container started", generation, now),
+        );
+    }
+    if obs.phase.is_terminal() {
+        status.completion_time = Some(obs.completion_time.clone().unwrap_or_else(|| now.clone()));
+        // `Finished` is True once the run is over; its reason says how it ended.
+        set_condition(
+            &mut status.conditions,
+            condition(FINISHED, true, &obs.reason, &obs.message, generation, now),
+        );
+        match &obs.result {
+            Some(Ok(result)) => {
+                status.findings = Some(result.findings.summary());
+                status.result = Some(result.clone());
+                set_condition(
+                    &mut status.conditions,
+                    condition(
+                        RESULT_RECORDED,
+                        true,
+                        "Recorded",
+                        "the scanner's summary is in status.result",
+                        generation,
+                        now,
+                    ),
+                );
+            }
+            Some(Err(e)) => {
+                set_condition(
+                    &mut status.conditions,
+                    condition(RESULT_RECORDED, false, e.reason(), &e.message(), generation, now),
+                );
+            }
+            None => {}
+        }
+    }
+    status
+}
+
+/// The status of a run whose object the API server refused for now (see
+/// [`crate::refusal`]): still `Pending`, `Provisioned=False` with the server's reason.
+pub fn waiting(run: &ScannerRun, reason: &str, message: &str, now: &Time) -> ScannerRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    set_condition(
+        &mut status.conditions,
+        condition(PROVISIONED, false, reason, message, generation, now),
+    );
+    status.phase = Some(Phase::Pending);
+    status.message = Some(message.to_owned());
+    status.observed_generation = generation;
+    status
+}
+
+/// Whether a `Provisioned` condition with `reason` is new in `old`: the first refusal of a
+/// kind gets an Event and a metric, the retries after it do not.
+pub fn first_wait(old: &ScannerRunStatus, reason: &str) -> bool {
+    !old.conditions.iter().any(|c| c.type_ == PROVISIONED && c.reason == reason)
+}
+
+/// Since when a waiting run has waited: its `Provisioned` condition's lastTransitionTime,
+/// or `now` when it has none.
+pub fn waiting_since<'a>(status: &'a ScannerRunStatus, now: &'a Time) -> &'a Time {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PROVISIONED)
+        .map_or(now, |c| &c.last_transition_time)
+}
+
+/// The phase a run entered on one observation, for its Event and metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entered {
+    pub phase: Phase,
+    pub reason: String,
+    pub message: String,
+    /// `ResultRecorded=False` when the run ended without a usable summary: a second,
+    /// Warning Event.
+    pub result_missing: Option<Condition>,
+}
+
+/// One observation of the pod folded into the run's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub status: ScannerRunStatus,
+    /// Whether `status` differs from the run's: only then is it written.
+    pub changed: bool,
+    /// Set when the phase changed.
+    pub entered: Option<Entered>,
+    /// The run is over: its `txn` is revoked.
+    pub terminal: bool,
+}
+
+/// What one observation of the run's pod changes ([`next_status`], plus what to report).
+pub fn step(run: &ScannerRun, obs: Observation, now: &Time) -> Step {
+    let old = run.status.clone().unwrap_or_default();
+    let (phase, reason, message) = (obs.phase, obs.reason.clone(), obs.message.clone());
+    let status = next_status(run, obs, now);
+    let entered = (old.phase != Some(phase)).then(|| Entered {
+        phase,
+        reason,
+        message,
+        result_missing: status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == RESULT_RECORDED && c.status == "False")
+            .cloned(),
+    });
+    Step { changed: status != old, status, entered, terminal: phase.is_terminal() }
 }
 
 /// Sets a condition, keeping `lastTransitionTime` when its status did not change.

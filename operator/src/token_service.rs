@@ -31,7 +31,7 @@ use thiserror::Error;
 use crate::config::OperatorConfig;
 use crate::crd::IdentitySource;
 use crate::names::{ANNOTATION_STATUS, CONTAINER_WRITE_TRAT, STATUS_INJECTED};
-use crate::reconcile::SignerSlot;
+use crate::tokens::SignerSlot;
 use crate::webhook::admission::{Settings, check_injected};
 
 /// Audience of the ServiceAccount token a pod presents (projected by the injection).
@@ -234,6 +234,7 @@ pub fn error_body(error: &TokenServiceError) -> String {
 pub struct TokenService {
     client: Client,
     config: OperatorConfig,
+    /// The process's one signing key holder, shared with the controller.
     signer: std::sync::Arc<SignerSlot>,
 }
 

@@ -1,7 +1,10 @@
-//! Transaction tokens: the operator's ES256 signing key, the JWKS that verifies it, and the
-//! TraT of a run (claims after the OAuth Transaction Tokens draft, see `shared/DESIGN.md`).
+//! Transaction tokens: the operator's ES256 signing key ([`Signer`]), the one holder of it
+//! that the controller and the token service share ([`SignerSlot`]), the JWKS that verifies
+//! it, and the TraT of a run (claims after the OAuth Transaction Tokens draft, see
+//! `shared/DESIGN.md`).
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -126,6 +129,40 @@ impl Signer {
     }
 }
 
+/// The operator's signing key, reloaded from its file while it is missing (it may be
+/// mounted late). One per process, behind an `Arc`: the controller (ScannerRun TraTs), the
+/// token service (injected pods' TraTs) and the admin port (JWKS) all read this one, so
+/// they can never sign or publish different keys.
+#[derive(Debug)]
+pub struct SignerSlot {
+    path: Option<PathBuf>,
+    current: RwLock<Option<Signer>>,
+}
+
+impl SignerSlot {
+    /// `path`: the configured key file (`trat.signingKeyFile`; `None` means an ephemeral
+    /// key); `initial`: the key loaded at start, if that worked.
+    pub fn new(path: Option<PathBuf>, initial: Option<Signer>) -> Self {
+        Self { path, current: RwLock::new(initial) }
+    }
+
+    /// The key, loading it now if it was not loaded yet. Errors: the file cannot be read
+    /// or parsed ([`TokenError`]); the next call tries again.
+    pub fn get(&self) -> Result<Signer, TokenError> {
+        if let Some(s) = self.current.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(s.clone());
+        }
+        let signer = Signer::from_config(self.path.as_deref())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(signer.clone());
+        Ok(signer)
+    }
+
+    /// The key if it is loaded (readiness, JWKS); never loads.
+    pub fn loaded(&self) -> Option<Signer> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// The TraT claims of a run: valid from `now` (seconds since the epoch) until the run's
 /// deadline plus `margin_seconds`. `tctx` names the namespace (for the audit record) and
 /// the run's pod: the gateway requires a ServiceAccount-token caller to be that pod.
@@ -207,6 +244,23 @@ mod tests {
         let token = a.sign(&claims()).unwrap();
         let set: JwkSet = serde_json::from_value(other.jwks()).unwrap();
         assert!(set.find(&jsonwebtoken::decode_header(&token).unwrap().kid.unwrap()).is_none());
+    }
+
+    /// The key may be mounted after the operator starts: the holder loads it on first use,
+    /// and every clone of the `Arc` (controller, token service, admin port) sees that one key.
+    #[test]
+    fn one_slot_loads_a_late_key_once_for_all_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.pem");
+        let slot = std::sync::Arc::new(SignerSlot::new(Some(path.clone()), None));
+        let token_service = slot.clone();
+        assert!(slot.get().is_err());
+        assert!(token_service.loaded().is_none());
+        std::fs::write(&path, Signer::generate_pem().unwrap()).unwrap();
+        let kid = slot.get().unwrap().kid().to_owned();
+        assert_eq!(token_service.loaded().unwrap().kid(), kid);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(token_service.get().unwrap().kid(), kid, "kept once loaded");
     }
 
     #[test]

@@ -13,9 +13,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use sanctum_operator::config::OperatorConfig;
 use sanctum_operator::crd::ScannerRun;
 use sanctum_operator::metrics::Metrics;
-use sanctum_operator::reconcile::{Context, SignerSlot, reconcile};
+use sanctum_operator::reconcile::{Context, reconcile};
 use sanctum_operator::revoked::Revoked;
-use sanctum_operator::tokens::Signer;
+use sanctum_operator::tokens::{Signer, SignerSlot};
 use serde_json::{Value, json};
 
 const UID: &str = "7f1d7a3e-0000-4000-8000-000000000001";
@@ -132,7 +132,7 @@ async fn scenario_with(
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
-        signer,
+        signer: Arc::new(signer),
         recorder: Recorder::new(
             client,
             Reporter { controller: "sanctum-operator".into(), instance: None },
