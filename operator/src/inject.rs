@@ -488,13 +488,39 @@ enum AgentRef {
 /// containers, app or init (`sanctum.dev/containers`). Returns what was removed from
 /// them, one `<container>: <variable>` per entry (see [`set_agent_env`]), for the
 /// `sanctum.dev/removed-env` annotation; empty when nothing was.
+///
+/// Adds, in this order, the init containers `fetch-jwt` (SPIFFE mode), `write-trat`,
+/// `sanctum-forwarder` and `sanctum-bridge` before the pod's own, and the volumes: the
+/// token volume, the identity's, the TraT source's.
 pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<String>, InjectError> {
     if spec.containers.is_empty() {
         return Err(InjectError::NoContainers);
     }
     check_clashes(spec)?;
-    let agents: Vec<AgentRef> = match &injection.agents {
-        Agents::All => (0..spec.containers.len()).map(AgentRef::App).collect(),
+    let agents = agent_refs(spec, &injection.agents)?;
+    let (write_trat, trat_volume) = write_trat(injection);
+    let ours = fetch_jwt(injection).into_iter().chain([
+        write_trat,
+        // The sidecars: forwarder first, so the bridge finds its socket when it starts.
+        forwarder(injection),
+        bridge(injection),
+    ]);
+    let volumes = [token_volume(injection)]
+        .into_iter()
+        .chain(identity_volumes(injection))
+        .chain([trat_volume]);
+    let removed = configure_agents(spec, &agents, injection);
+    // Ours run before the pod's own init containers, which may call the model too.
+    let own = spec.init_containers.take().unwrap_or_default();
+    spec.init_containers = Some(ours.chain(own).collect());
+    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
+    Ok(removed)
+}
+
+/// The containers `agents` names in `spec`; a name that is not there is an error.
+fn agent_refs(spec: &PodSpec, agents: &Agents) -> Result<Vec<AgentRef>, InjectError> {
+    match agents {
+        Agents::All => Ok((0..spec.containers.len()).map(AgentRef::App).collect()),
         Agents::Named(names) => names
             .iter()
             .map(|n| {
@@ -508,76 +534,113 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
                 };
                 app.or_else(init).ok_or_else(|| InjectError::UnknownContainer(n.clone()))
             })
-            .collect::<Result<_, _>>()?,
-    };
+            .collect(),
+    }
+}
 
+/// The agent containers' side of the injection: the agent environment and, unless the pod
+/// opted in, no Kubernetes API token. Returns what was removed (see [`inject`]).
+fn configure_agents(
+    spec: &mut PodSpec,
+    agents: &[AgentRef],
+    injection: &Injection<'_>,
+) -> Vec<String> {
+    let mut removed = Vec::new();
+    for agent in agents {
+        let container = match *agent {
+            AgentRef::App(i) => &mut spec.containers[i],
+            AgentRef::Init(i) => &mut spec.init_containers.as_mut().expect("found above")[i],
+        };
+        for name in set_agent_env(container, injection.model.as_deref()) {
+            removed.push(format!("{}: {name}", container.name));
+        }
+        if !injection.allow_api_token {
+            drop_api_token_mount(container);
+        }
+    }
+    if !injection.allow_api_token {
+        // The API server mounted the token before the webhook ran; this keeps a second
+        // pass of its ServiceAccount admission (webhook reinvocation) from mounting it again.
+        spec.automount_service_account_token = Some(false);
+    }
+    removed
+}
+
+/// The in-memory volume the TraT (and the bridge's socket) live in.
+fn token_volume(injection: &Injection<'_>) -> Volume {
+    let size = &injection.config.pod.token_volume_size;
+    Volume { empty_dir: Some(memory_dir(size)), ..volume(VOLUME_SAGE) }
+}
+
+/// The volumes the JWT-SVID comes through: in SPIFFE mode the in-memory JWT directory, the
+/// SPIRE agent's socket (CSI) and spiffe-helper's configuration; otherwise a projected,
+/// audience-bound ServiceAccount token in the JWT directory.
+fn identity_volumes(injection: &Injection<'_>) -> Vec<Volume> {
     let config = injection.config;
-    let pod = &config.pod;
-    let mut volumes =
-        vec![Volume { empty_dir: Some(memory_dir(&pod.token_volume_size)), ..volume(VOLUME_SAGE) }];
-    let mut init = Vec::new();
-
-    // The JWT-SVID.
     match &injection.identity {
-        IdentityMount::Spiffe { helper_config } => {
-            volumes.push(Volume {
-                empty_dir: Some(memory_dir(&pod.token_volume_size)),
+        IdentityMount::Spiffe { helper_config } => vec![
+            Volume {
+                empty_dir: Some(memory_dir(&config.pod.token_volume_size)),
                 ..volume(VOLUME_SPIFFE)
-            });
-            volumes.push(Volume {
+            },
+            Volume {
                 csi: Some(CSIVolumeSource {
                     driver: config.spiffe.csi_driver.clone(),
                     read_only: Some(true),
                     ..Default::default()
                 }),
                 ..volume(VOLUME_SPIRE_AGENT)
-            });
-            volumes.push(config_file_volume(VOLUME_SPIFFE_HELPER, helper_config, "helper.conf"));
-            let spiffe = &config.spiffe;
-            init.push(Container {
-                command: (!spiffe.fetch_jwt_command.is_empty())
-                    .then(|| spiffe.fetch_jwt_command.clone()),
-                args: (!spiffe.fetch_jwt_args.is_empty()).then(|| spiffe.fetch_jwt_args.clone()),
-                // A native sidecar: spiffe-helper in daemon mode renews the JWT-SVID
-                // (minutes-lived) for as long as the pod runs.
-                restart_policy: Some("Always".into()),
-                volume_mounts: Some(vec![
-                    mount(VOLUME_SPIRE_AGENT, SPIRE_AGENT_DIR, true),
-                    mount(VOLUME_SPIFFE, defaults::JWT_DIR, false),
-                    mount(VOLUME_SPIFFE_HELPER, HELPER_CONFIG_DIR, true),
-                ]),
-                ..base_container(CONTAINER_FETCH_JWT, &spiffe.fetch_jwt_image, injection)
-            });
-        }
+            },
+            config_file_volume(VOLUME_SPIFFE_HELPER, helper_config, "helper.conf"),
+        ],
         IdentityMount::ServiceAccountToken { audience, expiration_seconds } => {
-            volumes.push(projected_sa_token(VOLUME_SPIFFE, audience, *expiration_seconds, "jwt"));
+            vec![projected_sa_token(VOLUME_SPIFFE, audience, *expiration_seconds, "jwt")]
         }
     }
+}
 
-    // The TraT.
+/// `fetch-jwt` (spiffe-helper) in SPIFFE mode; none in ServiceAccount-token mode.
+fn fetch_jwt(injection: &Injection<'_>) -> Option<Container> {
+    let IdentityMount::Spiffe { .. } = injection.identity else { return None };
+    let spiffe = &injection.config.spiffe;
+    Some(Container {
+        command: (!spiffe.fetch_jwt_command.is_empty()).then(|| spiffe.fetch_jwt_command.clone()),
+        args: (!spiffe.fetch_jwt_args.is_empty()).then(|| spiffe.fetch_jwt_args.clone()),
+        // A native sidecar: spiffe-helper in daemon mode renews the JWT-SVID
+        // (minutes-lived) for as long as the pod runs.
+        restart_policy: Some("Always".into()),
+        volume_mounts: Some(vec![
+            mount(VOLUME_SPIRE_AGENT, SPIRE_AGENT_DIR, true),
+            mount(VOLUME_SPIFFE, defaults::JWT_DIR, false),
+            mount(VOLUME_SPIFFE_HELPER, HELPER_CONFIG_DIR, true),
+        ]),
+        ..base_container(CONTAINER_FETCH_JWT, &spiffe.fetch_jwt_image, injection)
+    })
+}
+
+/// `write-trat` and the volume it reads from: copies the TraT from the run's Secret, or
+/// trades the pod's projected ServiceAccount token for one at the token service.
+fn write_trat(injection: &Injection<'_>) -> (Container, Volume) {
     let trat_out = format!("--out={}", defaults::TRAT_FILE);
     let mut trat_env = Vec::new();
-    let (trat_args, trat_mounts) = match &injection.trat {
-        TratSource::Secret { name, key } => {
-            volumes.push(config_file_volume(
+    let (trat_args, mut mounts, source) = match &injection.trat {
+        TratSource::Secret { name, key } => (
+            vec![
+                "write-trat".into(),
+                format!("--from={RUN_SECRET_DIR}/{SECRET_KEY_TRAT}"),
+                trat_out,
+            ],
+            vec![mount(VOLUME_RUN_SECRET, RUN_SECRET_DIR, true)],
+            config_file_volume(
                 VOLUME_RUN_SECRET,
                 &ConfigFile::Secret { name: name.clone(), key: key.clone() },
                 SECRET_KEY_TRAT,
-            ));
-            (
-                vec![
-                    "write-trat".into(),
-                    format!("--from={RUN_SECRET_DIR}/{SECRET_KEY_TRAT}"),
-                    trat_out,
-                ],
-                vec![mount(VOLUME_RUN_SECRET, RUN_SECRET_DIR, true)],
-            )
-        }
+            ),
+        ),
         TratSource::TokenService { url, ca_bundle } => {
             if let Some(pem) = ca_bundle {
                 trat_env.push(env("SANCTUM_TOKEN_SERVICE_CA", pem.clone()));
             }
-            volumes.push(projected_sa_token(VOLUME_SA_TOKEN, SA_TOKEN_AUDIENCE, 600, "token"));
             (
                 vec![
                     "fetch-trat".into(),
@@ -586,37 +649,39 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
                     trat_out,
                 ],
                 vec![mount(VOLUME_SA_TOKEN, SA_TOKEN_DIR, true)],
+                projected_sa_token(VOLUME_SA_TOKEN, SA_TOKEN_AUDIENCE, 600, "token"),
             )
         }
     };
-    let mut write_trat_mounts = trat_mounts;
-    write_trat_mounts.push(mount(VOLUME_SAGE, defaults::SAGE_DIR, false));
-    init.push(Container {
+    mounts.push(mount(VOLUME_SAGE, defaults::SAGE_DIR, false));
+    let container = Container {
         command: Some(vec!["sanctum-bridge".into()]),
         args: Some(trat_args),
         env: (!trat_env.is_empty()).then_some(trat_env),
-        volume_mounts: Some(write_trat_mounts),
-        ..base_container(CONTAINER_WRITE_TRAT, &config.images.bridge, injection)
-    });
+        volume_mounts: Some(mounts),
+        ..base_container(CONTAINER_WRITE_TRAT, &injection.config.images.bridge, injection)
+    };
+    (container, source)
+}
 
-    // The sidecars: forwarder first, so the bridge finds its socket when it starts.
-    init.push(Container {
+/// `sanctum-forwarder`: a native sidecar relaying the bridge's socket to the gateway.
+fn forwarder(injection: &Injection<'_>) -> Container {
+    let config = injection.config;
+    let mut args = vec![
+        "forward".into(),
+        format!("--listen-socket={}", defaults::LLM_SOCKET),
+        format!("--upstream={}", injection.gateway_url),
+        format!("--admin-listen=0.0.0.0:{}", defaults::FORWARDER_ADMIN_PORT),
+    ];
+    // The forwarder refuses plain http unless told; the operator config already refuses an
+    // http gateway unless gateway.allowInsecureHttp, so passing the flag here only carries
+    // that decision to the sidecar.
+    if injection.gateway_url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) {
+        args.push("--allow-insecure-upstream".into());
+    }
+    Container {
         command: Some(vec!["sanctum-forwarder".into()]),
-        args: Some({
-            let mut args = vec![
-                "forward".into(),
-                format!("--listen-socket={}", defaults::LLM_SOCKET),
-                format!("--upstream={}", injection.gateway_url),
-                format!("--admin-listen=0.0.0.0:{}", defaults::FORWARDER_ADMIN_PORT),
-            ];
-            // The forwarder refuses plain http unless told; the operator config already
-            // refuses an http gateway unless gateway.allowInsecureHttp, so passing the flag
-            // here only carries that decision to the sidecar.
-            if injection.gateway_url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) {
-                args.push("--allow-insecure-upstream".into());
-            }
-            args
-        }),
+        args: Some(args),
         env: config.gateway.ca_bundle.as_ref().map(|pem| vec![env("SANCTUM_CA_PEM", pem.clone())]),
         restart_policy: Some("Always".into()),
         ports: Some(vec![ContainerPort {
@@ -628,8 +693,13 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
         liveness_probe: Some(http_probe(defaults::FORWARDER_ADMIN_PORT, "/healthz", 10, 3)),
         volume_mounts: Some(vec![mount(VOLUME_SAGE, defaults::SAGE_DIR, false)]),
         ..base_container(CONTAINER_FORWARDER, &config.images.forwarder, injection)
-    });
-    init.push(Container {
+    }
+}
+
+/// `sanctum-bridge`: the native sidecar the agent talks to on loopback; the agent starts
+/// only once its startup probe passes.
+fn bridge(injection: &Injection<'_>) -> Container {
+    Container {
         command: Some(vec!["sanctum-bridge".into()]),
         args: Some(vec![
             format!("--listen={}", defaults::BRIDGE_LISTEN),
@@ -652,32 +722,8 @@ pub fn inject(spec: &mut PodSpec, injection: &Injection<'_>) -> Result<Vec<Strin
             mount(VOLUME_SAGE, defaults::SAGE_DIR, false),
             mount(VOLUME_SPIFFE, defaults::JWT_DIR, true),
         ]),
-        ..base_container(CONTAINER_BRIDGE, &config.images.bridge, injection)
-    });
-
-    let mut removed = Vec::new();
-    for agent in agents {
-        let container = match agent {
-            AgentRef::App(i) => &mut spec.containers[i],
-            AgentRef::Init(i) => &mut spec.init_containers.as_mut().expect("found above")[i],
-        };
-        for name in set_agent_env(container, injection.model.as_deref()) {
-            removed.push(format!("{}: {name}", container.name));
-        }
-        if !injection.allow_api_token {
-            drop_api_token_mount(container);
-        }
+        ..base_container(CONTAINER_BRIDGE, &injection.config.images.bridge, injection)
     }
-    if !injection.allow_api_token {
-        // The API server mounted the token before the webhook ran; this keeps a second
-        // pass of its ServiceAccount admission (webhook reinvocation) from mounting it again.
-        spec.automount_service_account_token = Some(false);
-    }
-    // Ours run before the pod's own init containers, which may call the model too.
-    init.extend(spec.init_containers.take().unwrap_or_default());
-    spec.init_containers = Some(init);
-    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
-    Ok(removed)
 }
 
 #[cfg(test)]
