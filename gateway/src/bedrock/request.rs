@@ -86,15 +86,46 @@ pub fn rewrite<'a>(
     }
     let value: Value =
         serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-    let Value::Object(mut obj) = value else {
+    let Value::Object(obj) = value else {
         return Err(RequestError::NotAnObject);
     };
-    let model = match obj.remove("model") {
-        Some(Value::String(m)) => m,
+    let model = match obj.get("model") {
+        Some(Value::String(m)) => m.as_str(),
         _ => return Err(ModelError::Missing.into()),
     };
-    let model_id = models.bedrock_id(&model)?.to_owned();
-    let streaming = matches!(obj.remove("stream"), Some(Value::Bool(true)));
+    let model_id = models.bedrock_id(model)?.to_owned();
+    let streaming = matches!(obj.get("stream"), Some(Value::Bool(true)));
+    let body = rewrite_object(obj, anthropic_beta, allowed_betas)?;
+    Ok(BedrockRequest { path: invoke_path(&model_id, streaming), model_id, streaming, body })
+}
+
+/// `/model/{modelId}/invoke`, or `/model/{modelId}/invoke-with-response-stream` when
+/// `streaming`, with `model_id` percent-encoded as a URI label.
+pub fn invoke_path(model_id: &str, streaming: bool) -> String {
+    let op = if streaming { "invoke-with-response-stream" } else { "invoke" };
+    format!("/model/{}/{op}", encode_label(model_id))
+}
+
+/// The body rewrite alone: drops `model` and `stream`, sets `anthropic_version` to
+/// [`ANTHROPIC_VERSION`], and puts `betas` (the `anthropic-beta` values, already allowed by
+/// the org's policy; comma-separated lists are split) into `anthropic_beta` (left out when
+/// empty). Errors: [`RequestError::InvalidJson`], [`RequestError::NotAnObject`].
+pub fn rewrite_body(body: &[u8], betas: &[&str]) -> Result<Bytes, RequestError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    let Value::Object(obj) = value else {
+        return Err(RequestError::NotAnObject);
+    };
+    rewrite_object(obj, betas.iter().copied(), None)
+}
+
+fn rewrite_object<'a>(
+    mut obj: Map<String, Value>,
+    anthropic_beta: impl IntoIterator<Item = &'a str>,
+    allowed_betas: Option<&[String]>,
+) -> Result<Bytes, RequestError> {
+    obj.remove("model");
+    obj.remove("stream");
     obj.insert("anthropic_version".into(), Value::String(ANTHROPIC_VERSION.into()));
     let betas = merge_betas(&mut obj, anthropic_beta, allowed_betas);
     if !betas.is_empty() {
@@ -104,9 +135,7 @@ pub fn rewrite<'a>(
         );
     }
     let body = serde_json::to_vec(&obj).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-    let op = if streaming { "invoke-with-response-stream" } else { "invoke" };
-    let path = format!("/model/{}/{op}", encode_label(&model_id));
-    Ok(BedrockRequest { model_id, path, streaming, body: Bytes::from(body) })
+    Ok(Bytes::from(body))
 }
 
 /// The header's names plus any already in the body, in order, without repeats, filtered.
@@ -249,6 +278,24 @@ mod tests {
                 && err.to_string().contains("claude-sonnet-4-5")
         );
         assert_eq!(RequestError::CountTokensUnsupported.status_and_type().0, 404);
+    }
+
+    #[test]
+    fn body_and_path_alone() {
+        let b = rewrite_body(
+            br#"{"model":"m","stream":true,"anthropic_version":"x","system":"s"}"#,
+            &["a,b", "a"],
+        )
+        .unwrap();
+        assert_eq!(
+            json(&b),
+            serde_json::json!({"anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["a", "b"], "system": "s"})
+        );
+        assert_eq!(
+            invoke_path("anthropic.claude-v2:1", false),
+            "/model/anthropic.claude-v2%3A1/invoke"
+        );
+        assert_eq!(rewrite_body(b"1", &[]), Err(RequestError::NotAnObject));
     }
 
     #[test]

@@ -39,6 +39,7 @@
 //! so the reference scanner can be tested with the real Claude Code CLI. With
 //! [`ProviderConfig::refuse`] set, every Messages API call is answered with that error instead.
 
+pub mod bedrock;
 pub mod bridge;
 pub mod clients;
 pub mod jwt;
