@@ -450,3 +450,92 @@ pub async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use http_body_util::Full;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Adds a header, as the bridge and the gateway do, and answers with the header names
+    /// it holds then, one per line.
+    #[derive(Default)]
+    struct Echo {
+        refused: AtomicU64,
+    }
+
+    impl Handler for Echo {
+        type Body = Full<Bytes>;
+        async fn handle(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+            req.headers_mut().insert("x-api-key", HeaderValue::from_static("added"));
+            let mut names: Vec<String> =
+                req.headers().iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap())).collect();
+            names.sort_unstable();
+            Response::new(Full::new(Bytes::from(names.join("\n"))))
+        }
+        fn refused(&self, _refusal: Refusal) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn start(handler: Arc<Echo>, metrics: Arc<ProxyMetrics>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::new("test", handler, Limits::default()).metrics(metrics);
+        tokio::spawn(server.serve(listener, std::future::pending()));
+        addr
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_are_gone_before_the_handler_adds_its_own() {
+        let metrics = Arc::new(ProxyMetrics::new("t"));
+        let addr = start(Arc::default(), metrics.clone()).await;
+        let answer = exchange(
+            addr,
+            "GET / HTTP/1.1\r\nhost: x\r\nconnection: close, x-api-key, accept\r\n\
+             x-api-key: client\r\naccept: */*\r\nkeep-alive: 5\r\nx-kept: 1\r\n\r\n",
+        )
+        .await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(body, "host=x\nx-api-key=added\nx-kept=1");
+        assert_eq!(metrics.requests_with_status(200), 1);
+        // The response body was finished: nothing counts as in flight any more.
+        assert_eq!(metrics.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_shell_answers_malformed_heads_and_connect_and_tells_the_handler() {
+        let metrics = Arc::new(ProxyMetrics::new("t"));
+        let echo = Arc::new(Echo::default());
+        let addr = start(echo.clone(), metrics.clone()).await;
+        let smuggle = exchange(
+            addr,
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(smuggle.starts_with("HTTP/1.1 400"), "{smuggle}");
+        assert!(smuggle.contains("connection: close"), "{smuggle}");
+        let connect = exchange(addr, "CONNECT x:443 HTTP/1.1\r\nhost: x:443\r\n\r\n").await;
+        assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+        assert_eq!(echo.refused.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.requests_with_status(400), 1);
+        assert_eq!(metrics.requests_with_status(405), 1);
+    }
+}
