@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use super::reject::Reason;
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct AuditRecord {
     /// RFC 3339, UTC, milliseconds.
@@ -39,7 +41,7 @@ pub struct AuditRecord {
     pub status: u16,
     /// Rejection reason label (the metrics label), when the gateway refused the request.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rejected: Option<&'static str>,
+    pub rejected: Option<Reason>,
     /// DLP rule(s) that blocked or were redacted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dlp_rules: Vec<String>,
@@ -69,6 +71,20 @@ pub struct AuditLog {
     sink: Sink,
     /// Lines that could not be written.
     pub dropped: AtomicU64,
+}
+
+impl AuditRecord {
+    /// The record of a request as it arrives: the time, a new request id, the method and the
+    /// path (at most 256 characters).
+    pub fn begin(method: &http::Method, path: &str) -> Self {
+        Self {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            method: method.to_string(),
+            path: path.chars().take(256).collect(),
+            ..Self::default()
+        }
+    }
 }
 
 /// Where audit lines go: `-` is standard output.
@@ -132,7 +148,7 @@ mod tests {
         };
         log.write(&r);
         r.request_id = "r2".into();
-        r.rejected = Some("dlp_block");
+        r.rejected = Some(Reason::DlpBlock);
         r.dlp_rules = vec!["github-token".into()];
         log.write(&r);
         let mut text = String::new();

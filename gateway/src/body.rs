@@ -18,6 +18,40 @@ use hyper::body::Incoming;
 use thiserror::Error;
 use tokio::time::Instant;
 
+/// The pipeline's body step, only after both tokens proved who is asking: refuses a
+/// compressed body (it could not be scanned), then reads it whole within
+/// `--body-read-timeout-secs`, `--max-body-bytes` and the in-flight caps. Returns the head,
+/// the body and the bytes it holds (released once the request has been sent upstream).
+pub async fn receive(
+    gw: &super::gateway::Gateway,
+    req: http::Request<Incoming>,
+    txn: &str,
+) -> Result<(http::request::Parts, Bytes, Hold), super::reject::Rejection> {
+    use super::reject::{self, Reason};
+    if let Some(enc) = req.headers().get(http::header::CONTENT_ENCODING)
+        && enc.as_bytes() != b"identity"
+    {
+        return Err(reject::bad_request(
+            Reason::UnsupportedEncoding,
+            "compressed request bodies are not accepted: the gateway must scan the body; \
+             send it uncompressed",
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (parts, body) = req.into_parts();
+    let mut hold = gw.inflight.hold(txn);
+    let timeout = gw.settings.body_read_timeout;
+    let deadline = Instant::now() + timeout;
+    let body = read(body, declared, gw.settings.max_body, deadline, timeout.as_secs(), &mut hold)
+        .await
+        .map_err(|e| reject::body(&e, txn))?;
+    Ok((parts, body, hold))
+}
+
 /// Body bytes held in memory, per run and in all.
 #[derive(Debug)]
 pub struct InFlight {

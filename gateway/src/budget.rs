@@ -8,6 +8,63 @@
 
 use std::collections::HashMap;
 
+use super::gateway::Gateway;
+use super::reject::{self, Rejection};
+
+/// A reservation made by the pipeline's budget step.
+#[derive(Debug, Default)]
+pub struct Reserved {
+    /// Reservation id (the request id); `None` when nothing was reserved (`count_tokens`).
+    pub id: Option<String>,
+    /// Tokens reserved (0 when nothing was).
+    pub tokens: u64,
+}
+
+/// The pipeline's budget step: refuses a run with spend still being recorded, then reserves
+/// `max_tokens` plus the input bound of a `body_len`-byte body against the run's `limit`.
+/// `count_tokens` (`max_tokens` 0 and `counting`) reserves nothing.
+#[allow(clippy::too_many_arguments)]
+pub async fn reserve(
+    gw: &Gateway,
+    txn: &str,
+    limit: u64,
+    request_id: &str,
+    counting: bool,
+    max_tokens: u64,
+    body_len: usize,
+    now: u64,
+    keep_until: u64,
+) -> Result<Reserved, Rejection> {
+    if counting {
+        return Ok(Reserved::default());
+    }
+    if gw.unsettled.holds(txn) {
+        return Err(reject::settlement_pending(txn));
+    }
+    let per_token = gw.settings.body_bytes_per_token;
+    let asked = reservation(body_len, max_tokens, per_token);
+    let admission = gw
+        .state
+        .reserve(txn, limit, request_id, asked, now, gw.settings.reservation_ttl, keep_until)
+        .await
+        .map_err(|e| reject::state_unavailable(&e))?;
+    match admission {
+        Admission::Admitted => Ok(Reserved { id: Some(request_id.to_owned()), tokens: asked }),
+        Admission::Exhausted { spent, limit } => Err(reject::budget_exhausted(txn, spent, limit)),
+        Admission::TooLarge { remaining, asked } => Err(reject::budget_too_large(
+            txn,
+            remaining,
+            asked,
+            max_tokens,
+            input_bound(body_len, per_token),
+            body_len,
+        )),
+        Admission::Busy { remaining, reserved, .. } => {
+            Err(reject::budget_busy(txn, remaining, reserved))
+        }
+    }
+}
+
 /// Request-body bytes counted as one input token when reserving (the default of
 /// `--body-bytes-per-token`).
 ///

@@ -166,6 +166,41 @@ impl std::fmt::Debug for Scanner {
     }
 }
 
+/// The pipeline's DLP step: the body to send (redacted when a rule says so), or the
+/// refusal; counts matches by rule and fills the audit record's DLP fields.
+pub fn screen(
+    gw: &super::gateway::Gateway,
+    body: bytes::Bytes,
+    audit: &mut super::audit::AuditRecord,
+) -> Result<bytes::Bytes, super::reject::Rejection> {
+    use super::reject;
+    match gw.dlp.scan(&body) {
+        Verdict::Clean => Ok(body),
+        Verdict::Block { rule, description, offset } => {
+            gw.metrics.dlp(&rule, "block");
+            audit.dlp_rules = vec![rule.clone()];
+            audit.dlp_action = Some("block");
+            Err(reject::dlp_block(&rule, &description, offset))
+        }
+        Verdict::Redacted { body: redacted, rules } => {
+            audit.dlp_rules = rules.clone();
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&redacted).is_err() {
+                // A match crossed JSON structure: redacting would corrupt the request.
+                audit.dlp_action = Some("block");
+                for r in &rules {
+                    gw.metrics.dlp(r, "block");
+                }
+                return Err(reject::dlp_block(&rules[0], "secret that cannot be redacted", 0));
+            }
+            for r in &rules {
+                gw.metrics.dlp(r, "redact");
+            }
+            audit.dlp_action = Some("redact");
+            Ok(bytes::Bytes::from(redacted))
+        }
+    }
+}
+
 /// The result of scanning one body.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {

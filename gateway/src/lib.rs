@@ -5,21 +5,30 @@
 //! One concept per module; `server` is the thin shell that wires them together.
 
 pub mod audit;
-pub mod body;
+pub mod authenticate;
 pub mod bedrock;
+pub mod body;
 pub mod budget;
 pub mod config;
 pub mod dlp;
 pub mod fields;
+pub mod forward;
+pub mod gateway;
 pub mod jwks;
 pub mod keys;
+pub mod metered;
 pub mod metrics;
+pub mod orgs;
+pub mod pipeline;
 pub mod policy;
 pub mod provider;
 pub mod ratelimit;
 pub mod reject;
+pub mod request;
 pub mod revocation;
+pub mod route;
 pub mod server;
+pub mod settle;
 pub mod sources;
 pub mod state;
 pub mod svid;
@@ -43,9 +52,10 @@ use sanctum_common::telemetry::{self, LogFormat};
 use sanctum_common::{admin, defaults};
 
 use self::dlp::{DlpAction, Scanner};
+use self::gateway::{Gateway, Settings};
 use self::keys::ProviderKeys;
-use self::ratelimit::RateLimit;
-use self::server::{Gateway, Settings};
+use self::orgs::Orgs;
+use self::provider::anthropic::Anthropic;
 use self::sources::{Fetcher, JwksSource, Origin, Revocations};
 use self::state::State;
 use self::svid::{SubjectPattern, SvidPolicy};
@@ -98,14 +108,20 @@ pub struct Options {
     /// revocation is enforced (tokens still expire).
     #[arg(long, env = "SANCTUM_REVOKED_URL")]
     pub revoked_url: Option<String>,
-    /// Gateway config file (YAML; unknown keys are refused): the per-org request policy.
-    /// Keys: `default:` (every org not listed) and `orgs: {<org_id>: …}`, each with
-    /// `models` (allowed `model` values, '*' matches any characters; default ['*']),
-    /// `betas` (allowed anthropic-beta values; default ['*']) and `serverTools`
-    /// (provider-side tools allowed: `mcp_servers`, or a tool type without its date such as
-    /// `web_search`, `web_fetch`, `code_execution`; default none). An org entry's missing
-    /// keys come from `default:`. Refusals are 403 with x-should-retry: false. Only the
-    /// query string `?beta=true` is passed to the provider.
+    /// Gateway config file (YAML; unknown keys are refused): per org, its provider, request
+    /// policy, and budget and rate defaults. Keys: `default:` (every org not listed) and
+    /// `orgs: {<org_id>: …}`, each with `provider` (`anthropic`, the default: --upstream with
+    /// the key in --keys-dir; or `bedrock`), `bedrock` (for provider bedrock: `region`,
+    /// optional `endpoint`, `modelIds` {model the agent sends: Bedrock model id} and
+    /// `credentials` with one of `secretDir` (files aws_access_key_id, aws_secret_access_key,
+    /// aws_session_token) or `webIdentity` {roleArn, tokenFile, sessionName}), `models`
+    /// (allowed `model` values, '*' matches any characters; default ['*']), `betas` (allowed
+    /// anthropic-beta values; default ['*']), `serverTools` (provider-side tools allowed:
+    /// `mcp_servers`, or a tool type without its date such as `web_search`, `web_fetch`,
+    /// `code_execution`; default none), `budgetTokens`, `ratePerMinute` and `rateBurst`
+    /// (defaults: the flags below). An org entry's missing keys come from `default:`.
+    /// Policy refusals are 403 with x-should-retry: false. Only the query string
+    /// `?beta=true` is passed to the provider.
     #[arg(long, env = "SANCTUM_CONFIG")]
     pub config: Option<PathBuf>,
     /// Health, readiness and metrics address: a port apart from --listen, loopback only by
@@ -228,8 +244,8 @@ impl admin::AdminState for Admin {
         if let sources::RevocationStatus::Unknown(why) = gw.revocations.status("") {
             return Err(format!("revoked list not fresh ({why})"));
         }
-        if !gw.keys.dir().is_dir() {
-            return Err(format!("--keys-dir {} is not a directory", gw.keys.dir().display()));
+        for provider in gw.orgs.providers() {
+            provider.ready()?;
         }
         gw.state.ping().await.map_err(|e| e.to_string())
     }
@@ -290,9 +306,9 @@ async fn main(args: Options) -> anyhow::Result<()> {
         None => None,
     };
     let dlp = Scanner::new(args.dlp_action, rules.as_ref())?;
-    let policy = match &args.config {
-        Some(path) => policy::Policies::new(&policy::PolicyFile::load(path)?),
-        None => policy::Policies::default(),
+    let config = match &args.config {
+        Some(path) => config::ConfigFile::load(path)?,
+        None => config::ConfigFile::default(),
     };
     let state = State::from_url(&args.state)?;
     let limits = Limits { max_connections: args.max_connections, ..Limits::default() };
@@ -302,6 +318,19 @@ async fn main(args: Options) -> anyhow::Result<()> {
         upstream = upstream.with_ca_file(ca);
     }
     let client = UpstreamClient::new(upstream, &limits, proxy_metrics.clone())?;
+    let anthropic =
+        Arc::new(Anthropic::new(ProviderKeys::new(&args.keys_dir, Duration::from_secs(1)), client));
+    let org_defaults = orgs::Defaults {
+        budget_tokens: args.default_budget_tokens,
+        rate_per_minute: args.rate_limit_per_minute,
+        rate_burst: args.rate_limit_burst,
+    };
+    let orgs = Orgs::new(&config, org_defaults, anthropic, |org, _spec| {
+        Err(config::ConfigError::Org {
+            org: org.to_owned(),
+            why: "provider: bedrock is not available in this build yet".into(),
+        })
+    })?;
     let fetcher = Arc::new(Fetcher::new(args.ca_file.clone()));
     let svid_jwks = Arc::new(
         JwksSource::new("svid", Origin::parse(&args.svid_jwks))
@@ -344,13 +373,10 @@ async fn main(args: Options) -> anyhow::Result<()> {
             scope: defaults::SCOPE_LLM_MESSAGES.to_owned(),
             leeway: args.clock_skew_secs,
         },
-        default_budget: args.default_budget_tokens,
         max_body: args.max_body_bytes,
         reservation_ttl: args.reservation_ttl_secs.max(60),
-        rate: RateLimit::per_minute(args.rate_limit_per_minute, args.rate_limit_burst),
         body_bytes_per_token: args.body_bytes_per_token,
         body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
-        policy,
         metrics_tenant_labels: args.metrics_tenant_labels,
     };
     let gw = Arc::new(Gateway::new(
@@ -359,12 +385,11 @@ async fn main(args: Options) -> anyhow::Result<()> {
         trat_jwks,
         fetcher,
         revocations,
-        ProviderKeys::new(&args.keys_dir, Duration::from_secs(1)),
+        orgs,
         dlp,
         state,
         audit,
         proxy_metrics,
-        client,
         body::InFlight::new(args.run_body_bytes_in_flight, args.body_bytes_in_flight),
     ));
     {
@@ -373,7 +398,7 @@ async fn main(args: Options) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                let now = server::now_unix();
+                let now = gateway::now_unix();
                 gw.state.prune(now);
                 gw.metrics.prune(now);
             }

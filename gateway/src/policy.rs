@@ -20,56 +20,17 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use thiserror::Error;
 
-/// One org's policy as written in the config file (`default:` or `orgs.<org>:`). An absent
-/// field of an org entry takes the `default:` entry's value.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PolicySpec {
-    /// Allowed `model` values (patterns). Built-in default: `["*"]`.
-    pub models: Option<Vec<String>>,
-    /// Allowed `anthropic-beta` values (patterns), each of a comma list. Default `["*"]`.
-    pub betas: Option<Vec<String>>,
-    /// Provider-side tools allowed: `mcp_servers` (the request field), or a tool type without
-    /// its date (`web_search`, `web_fetch`, `code_execution`, …). Default: none.
-    pub server_tools: Option<Vec<String>>,
-}
+use super::reject::Reason;
 
-/// The policies of all orgs.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PolicyFile {
-    #[serde(default)]
-    pub default: PolicySpec,
-    #[serde(default)]
-    pub orgs: BTreeMap<String, PolicySpec>,
-}
-
-/// Errors of the gateway config file.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read --config {path}: {why}")]
-    Read { path: String, why: String },
-    #[error("--config {path} is not a gateway config (YAML: default, orgs): {why}")]
-    Parse { path: String, why: String },
-}
-
-impl PolicyFile {
-    /// Reads the gateway config file (`--config`, YAML; unknown fields are refused).
-    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: shown.clone(), why: e.to_string() })?;
-        serde_yaml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: shown, why: e.to_string() })
-    }
-}
+/// The config file: the request policy is its `models`, `betas` and `serverTools` keys.
+pub use super::config::{ConfigError, ConfigFile as PolicyFile, OrgSpec as PolicySpec};
 
 /// What the policy looks at in one request.
 #[derive(Debug, Default)]
 pub struct Asked<'a> {
     pub model: Option<&'a str>,
     /// Every `anthropic-beta` value, already split on commas and trimmed.
-    pub betas: Vec<&'a str>,
+    pub betas: &'a [&'a str],
     /// The raw JSON of the top-level `tools` array, if any.
     pub tools: Option<&'a [u8]>,
     /// Whether the request has a top-level `mcp_servers` field (other than `null` or `[]`).
@@ -96,18 +57,19 @@ pub enum PolicyError {
 
 impl PolicyError {
     /// The metrics and audit label.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Model { .. } | Self::NoModel { .. } => "policy_model",
-            Self::Beta { .. } => "policy_beta",
-            Self::ServerTool { .. } => "policy_server_tool",
-            Self::BadTools => "invalid_tools",
+            Self::Model { .. } | Self::NoModel { .. } => Reason::PolicyModel,
+            Self::Beta { .. } => Reason::PolicyBeta,
+            Self::ServerTool { .. } => Reason::PolicyServerTool,
+            Self::BadTools => Reason::InvalidTools,
         }
     }
 }
 
+/// One org's compiled policy.
 #[derive(Debug, Clone)]
-struct Policy {
+pub struct Policy {
     models: Vec<String>,
     betas: Vec<String>,
     server_tools: Vec<String>,
@@ -188,9 +150,21 @@ impl Policies {
         Self { default, orgs }
     }
 
+    /// The policy of `org` (the default one for an org not listed).
+    pub fn policy(&self, org: &str) -> &Policy {
+        self.orgs.get(org).unwrap_or(&self.default)
+    }
+
     /// Checks one request of `org`.
     pub fn check(&self, org: &str, asked: &Asked<'_>) -> Result<(), PolicyError> {
-        let p = self.orgs.get(org).unwrap_or(&self.default);
+        self.policy(org).check(org, asked)
+    }
+}
+
+impl Policy {
+    /// Checks one request of `org` (named in errors) against this policy.
+    pub fn check(&self, org: &str, asked: &Asked<'_>) -> Result<(), PolicyError> {
+        let p = self;
         let list = |v: &[String]| v.join(", ");
         match asked.model {
             Some(m) if !allowed(&p.models, m) => {
@@ -205,7 +179,7 @@ impl Policies {
             }
             _ => {}
         }
-        for beta in &asked.betas {
+        for beta in asked.betas {
             if !allowed(&p.betas, beta) {
                 return Err(PolicyError::Beta {
                     org: org.into(),
@@ -275,7 +249,7 @@ mod tests {
             {"type":"bash_20250124","name":"bash"},{"type":"text_editor_20250728","name":"e"}]"#;
         let ok = Asked {
             model: Some("claude-opus-4-1"),
-            betas: vec!["claude-code-20250219", "interleaved-thinking-2025-05-14"],
+            betas: &["claude-code-20250219", "interleaved-thinking-2025-05-14"],
             tools: Some(tools),
             mcp_servers: false,
         };
@@ -297,7 +271,7 @@ mod tests {
             );
         }
         let mcp = Asked { mcp_servers: true, ..Default::default() };
-        assert_eq!(p.check("acme", &mcp).unwrap_err().reason(), "policy_server_tool");
+        assert_eq!(p.check("acme", &mcp).unwrap_err().reason(), Reason::PolicyServerTool);
         let bad = Asked { tools: Some(b"{\"a\":1}"), ..Default::default() };
         assert_eq!(p.check("acme", &bad), Err(PolicyError::BadTools));
     }
@@ -312,16 +286,16 @@ mod tests {
         assert_eq!(p.check("acme", &model("claude-sonnet-4-5-20250929")), Ok(()));
         assert_eq!(
             p.check("acme", &model("claude-opus-4-1")).unwrap_err().reason(),
-            "policy_model"
+            Reason::PolicyModel
         );
         assert_eq!(p.check("big", &model("claude-opus-4-1")), Ok(()));
-        assert_eq!(p.check("acme", &Asked::default()).unwrap_err().reason(), "policy_model");
+        assert_eq!(p.check("acme", &Asked::default()).unwrap_err().reason(), Reason::PolicyModel);
         let beta = Asked {
             model: Some("claude-sonnet-4-5"),
-            betas: vec!["mcp-client-2025-04-04"],
+            betas: &["mcp-client-2025-04-04"],
             ..Default::default()
         };
-        assert_eq!(p.check("research", &beta).unwrap_err().reason(), "policy_beta");
+        assert_eq!(p.check("research", &beta).unwrap_err().reason(), Reason::PolicyBeta);
         let search = Asked {
             model: Some("claude-sonnet-4-5"),
             tools: Some(br#"[{"type":"web_search_20250305","name":"web_search"}]"#),

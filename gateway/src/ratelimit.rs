@@ -2,6 +2,25 @@
 //! number). `rate` requests per minute with bursts of `burst`; the state is the theoretical
 //! arrival time (TAT). The same arithmetic runs in Redis (see `state.rs`) for shared state.
 
+use super::gateway::{Gateway, now_ms};
+use super::reject::{self, Rejection};
+
+/// The pipeline's rate step: one request against run `txn`'s rate (`None`: the org has no
+/// limit). `keep_until` (Unix s) is how long the store keeps the run's record.
+pub async fn check(
+    gw: &Gateway,
+    limit: Option<RateLimit>,
+    txn: &str,
+    keep_until: u64,
+) -> Result<(), Rejection> {
+    let Some(limit) = limit else { return Ok(()) };
+    match gw.state.check_rate(txn, limit, now_ms(), keep_until).await {
+        Ok(RateDecision::Allow) => Ok(()),
+        Ok(RateDecision::Deny { retry_after_ms }) => Err(reject::rate_limited(txn, retry_after_ms)),
+        Err(e) => Err(reject::state_unavailable(&e)),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     /// Milliseconds between requests at the sustained rate.

@@ -19,16 +19,20 @@ impl Anthropic {
     pub fn new(keys: ProviderKeys, client: UpstreamClient) -> Self {
         Self { keys, client }
     }
-
-    /// The org keys (for readiness: the directory must exist).
-    pub fn keys(&self) -> &ProviderKeys {
-        &self.keys
-    }
 }
 
 impl Provider for Anthropic {
     fn name(&self) -> &'static str {
         "anthropic"
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        let dir = self.keys.dir();
+        if dir.is_dir() {
+            Ok(())
+        } else {
+            Err(format!("--keys-dir {} is not a directory", dir.display()))
+        }
     }
 
     fn credential(&self, org: &str) -> Result<Credential, ProviderError> {

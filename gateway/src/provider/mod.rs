@@ -173,6 +173,11 @@ pub trait Provider: Send + Sync {
     /// Short name for logs, the audit line and errors (`anthropic`, `bedrock`).
     fn name(&self) -> &'static str;
 
+    /// Whether the provider can serve at all (for `/readyz`): `Err` says what is missing.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The org's credential, checked before the body is read.
     ///
     /// Errors: [`ProviderError::UnknownOrg`] (403) or [`ProviderError::CredentialsUnavailable`]
