@@ -330,7 +330,7 @@ async fn stream_exception_becomes_an_sse_error_event() {
     let (sse, t) = translate(&[&concat(&frames)]);
     let events: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
     assert_eq!(events, ["message_start", "error"]);
-    let data = sse.lines().filter_map(|l| l.strip_prefix("data: ")).last().unwrap();
+    let data = sse.lines().filter_map(|l| l.strip_prefix("data: ")).next_back().unwrap();
     let v: Value = serde_json::from_str(data).unwrap();
     assert_eq!(v["error"]["type"], "overloaded_error");
     assert_eq!(v["error"]["message"], "Too many tokens, please wait before trying again.");

@@ -74,6 +74,8 @@ pub struct EventStreamToSse {
     metrics: Option<InvocationMetrics>,
     /// An exception or error message arrived: nothing after it is translated.
     ended: bool,
+    /// A decoding error was returned: later input is ignored.
+    failed: bool,
 }
 
 impl EventStreamToSse {
@@ -85,11 +87,21 @@ impl EventStreamToSse {
     ///
     /// Errors: a frame that fails its CRC or length checks, an oversized message, or a
     /// chunk that is not base64 JSON. The caller ends the stream with an SSE `error` event
-    /// (what was appended to `out` before the error is valid and should be sent).
+    /// (what was appended to `out` before the error is valid and should be sent); later
+    /// input is ignored.
     pub fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), StreamError> {
-        if self.ended {
+        if self.ended || self.failed {
             return Ok(());
         }
+        let result = self.decode(input, out);
+        if result.is_err() {
+            self.failed = true;
+            self.buf.clear();
+        }
+        result
+    }
+
+    fn decode(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), StreamError> {
         self.buf.extend_from_slice(input);
         loop {
             if self.frame_len.is_none() && self.buf.len() >= 4 {
@@ -118,7 +130,7 @@ impl EventStreamToSse {
 
     /// The body ended. Errors: [`StreamError::Truncated`] when part of a message is left.
     pub fn finish(&mut self, _out: &mut BytesMut) -> Result<(), StreamError> {
-        if self.ended {
+        if self.ended || self.failed {
             return Ok(());
         }
         // A started message may already have moved its prelude into the decoder.
@@ -507,6 +519,10 @@ mod tests {
         let mut t = EventStreamToSse::new();
         let mut out = BytesMut::new();
         assert!(matches!(t.feed(&bytes, &mut out), Err(StreamError::Frame(_))));
+        // Nothing more after a failure.
+        let before = out.len();
+        t.feed(&stream(), &mut out).unwrap();
+        assert_eq!(out.len(), before);
         // Everything before the damaged message was translated.
         assert_eq!(String::from_utf8_lossy(&out).matches("event: ").count(), 5);
 

@@ -24,7 +24,9 @@ pub use credentials::{
 };
 pub use eventstream::{EventStreamToSse, InvocationMetrics, JsonErrorToAnthropic, StreamError};
 pub use model::{ModelError, ModelMap};
-pub use request::{ANTHROPIC_VERSION, BedrockRequest, RequestError, invoke_path, rewrite, rewrite_body};
+pub use request::{
+    ANTHROPIC_VERSION, BedrockRequest, RequestError, invoke_path, rewrite, rewrite_body,
+};
 pub use sigv4::{SERVICE, SignError, sign_parts};
 
 /// The default Bedrock runtime endpoint of `region`.
