@@ -10,6 +10,8 @@
 //!   request head within the deadline after it opens, and after each response; one that
 //!   sends nothing is closed.
 //! - accept errors (`EMFILE` and the like) back off instead of spinning ([`accept`]).
+//!
+//! [`crate::proxy::Server`], the shell every listener runs on, applies all three.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +24,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// A listener [`accept`] (and [`crate::proxy::serve`]) can take connections from.
+/// A listener [`accept`] (and [`crate::proxy::Server`]) can take connections from.
 pub trait Listener: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;

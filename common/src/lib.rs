@@ -1,7 +1,8 @@
 //! What several Sanctum binaries share, written once: the header names, the default paths
 //! and ports of the design contract, the token claim types, the Anthropic-shaped error body,
-//! logging set-up, the small admin server (`/healthz`, `/readyz`, `/metrics`) and the
-//! connection admission every listener shares ([`accept`]: connection cap, header deadline).
+//! logging set-up, the small admin server (`/healthz`, `/readyz`, `/metrics`), and the one
+//! server shell every listener runs on ([`proxy::Server`]: accept loop, TLS, connection
+//! cap and header deadline from [`accept`], head guard, hop-by-hop removal, shutdown).
 
 pub mod accept;
 pub mod admin;

@@ -1,6 +1,8 @@
-//! The HTTPS shell around [`admission::review`] and the token service: TLS with the
-//! certificate reloaded from disk (new handshakes get the new pair, open connections keep
-//! theirs), HTTP/1.1 keep-alive, bounded bodies, no panics on input.
+//! The routes around [`admission::review`] and the token service, served on the shared
+//! server shell ([`sanctum_common::proxy::Server`]: TLS, connection cap, handshake and
+//! header deadlines, head guard, graceful shutdown) with the certificate reloaded from disk
+//! (new handshakes get the new pair, open connections keep theirs); bounded bodies, no
+//! panics on input.
 //!
 //! Routes:
 //! - `POST /mutate` — the annotation opt-in webhook entry (`failurePolicy: Ignore`)
