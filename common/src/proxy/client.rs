@@ -249,7 +249,7 @@ impl UpstreamClient {
     /// Sends `req` and returns the response head as soon as it arrives; both bodies stream.
     ///
     /// Hop-by-hop headers are removed from the request and the response (remove them from
-    /// the request yourself *before* adding headers, or let [`serve`](crate::proxy::serve)
+    /// the request yourself *before* adding headers, or let the [`Server`](crate::proxy::Server)
     /// do it: a `Connection` header names fields to drop); the method, path,
     /// query, other headers and body pass unchanged, except that for a URL upstream the
     /// path gets the URL's prefix and `Host` becomes the upstream's authority. Bodies get
