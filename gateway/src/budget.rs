@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use super::gateway::Gateway;
 use super::reject::{self, Rejection};
+use super::state::Store as _;
 
 /// A reservation made by the pipeline's budget step.
 #[derive(Debug, Default)]

@@ -57,7 +57,7 @@ use self::keys::ProviderKeys;
 use self::orgs::Orgs;
 use self::provider::anthropic::Anthropic;
 use self::sources::{Fetcher, JwksSource, Origin, Revocations};
-use self::state::State;
+use self::state::{State, Store as _};
 use self::svid::{SubjectPattern, SvidPolicy};
 use self::trat::TratPolicy;
 

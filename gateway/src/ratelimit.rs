@@ -4,6 +4,7 @@
 
 use super::gateway::{Gateway, now_ms};
 use super::reject::{self, Rejection};
+use super::state::Store as _;
 
 /// The pipeline's rate step: one request against run `txn`'s rate (`None`: the org has no
 /// limit). `keep_until` (Unix s) is how long the store keeps the run's record.

@@ -34,7 +34,7 @@ macro_rules! reasons {
 
             /// The first line of the variant's doc: what the label means.
             pub const fn meaning(self) -> &'static str {
-                match self { $(Reason::$variant => reasons!(@first $($doc)+),)+ }
+                match self { $(Reason::$variant => reasons!(@first $($doc)+).trim_ascii(),)+ }
             }
         }
     };
@@ -492,4 +492,28 @@ pub fn not_found(method: &str, path: &str) -> Rejection {
         )
         .retry(Retry::Never),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique_snake_case_and_documented_in_the_readme() {
+        let readme = include_str!("../README.md");
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            let label = r.label();
+            assert!(seen.insert(label), "{label} twice");
+            assert!(label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{label}");
+            assert!(!r.meaning().is_empty());
+            let row = format!("| `{label}` | {} |", r.meaning());
+            assert!(readme.contains(&row), "gateway/README.md lacks the row {row}");
+        }
+        // Labels dashboards read: unchanged from the &'static str days.
+        assert_eq!(Reason::SvidMissing.label(), "svid_missing");
+        assert_eq!(Reason::BudgetInsufficient.label(), "budget_insufficient");
+        assert_eq!(Reason::UpstreamUnreachable.label(), "upstream_unreachable");
+        assert_eq!(serde_json::to_string(&Reason::DlpBlock).unwrap(), "\"dlp_block\"");
+    }
 }

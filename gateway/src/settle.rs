@@ -12,6 +12,7 @@ use super::body::Hold;
 use super::budget;
 use super::gateway::{Gateway, now_unix};
 use super::reject::Reason;
+use super::state::Store as _;
 use super::usage::Usage;
 
 /// What an admitted request carries to settlement.

@@ -36,18 +36,82 @@ impl From<redis::RedisError> for StateError {
     }
 }
 
+/// A budget and rate store: one method per limit, each atomic for the runs it keys on. A
+/// new limit is one method here and one in each implementation ([`MemoryStore`],
+/// [`RedisStore`]); [`State`] picks the implementation (`--state`).
+pub trait Store: Send + Sync {
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StateError>> + Send;
+
+    /// One request against run `txn`'s rate `limit`. `now_ms` is the gateway's clock (a
+    /// shared store may use its own); the record lives until `keep_until` (Unix s) plus an
+    /// hour.
+    fn check_rate(
+        &self,
+        txn: &str,
+        limit: RateLimit,
+        now_ms: u64,
+        keep_until: u64,
+    ) -> impl Future<Output = Result<RateDecision, StateError>> + Send;
+
+    /// Reserves `asked` tokens of the run's `limit` under reservation `id`, for `ttl` s from
+    /// `now` (Unix s).
+    #[allow(clippy::too_many_arguments)]
+    fn reserve(
+        &self,
+        txn: &str,
+        limit: u64,
+        id: &str,
+        asked: u64,
+        now: u64,
+        ttl: u64,
+        keep_until: u64,
+    ) -> impl Future<Output = Result<Admission, StateError>> + Send;
+
+    /// Releases reservation `id` and adds `used` tokens; the run's new total. Idempotent per
+    /// `id`, so a failed call may be retried.
+    fn settle(
+        &self,
+        txn: &str,
+        id: &str,
+        used: u64,
+        now: u64,
+        keep_until: u64,
+    ) -> impl Future<Output = Result<u64, StateError>> + Send;
+
+    /// [`Store::settle`] at once when it needs no I/O; `None`: call `settle` instead.
+    fn settle_now(&self, _txn: &str, _id: &str, _used: u64) -> Option<u64> {
+        None
+    }
+
+    /// Forgets records of runs whose TraT expired over an hour before `now` (a store that
+    /// expires its own records does nothing).
+    fn prune(&self, _now: u64) {}
+}
+
+/// The records of one replica.
 #[derive(Default)]
-pub struct Memory {
+pub struct MemoryStore {
+    inner: Mutex<Memory>,
+}
+
+#[derive(Default)]
+struct Memory {
     runs: HashMap<String, RunBudget>,
     rates: HashMap<String, (u64, u64)>, // txn → (TAT ms, keep until s)
 }
 
+/// The store chosen by `--state`.
 pub enum State {
-    Memory(Mutex<Memory>),
-    Redis(RedisState),
+    Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
-pub struct RedisState {
+/// Records shared by every replica, in Redis; each decision one Lua script.
+pub struct RedisStore {
     conn: ConnectionManager,
     reserve: redis::Script,
     settle: redis::Script,
@@ -112,9 +176,19 @@ fn key(txn: &str, what: &str) -> String {
     format!("sanctum:{{{txn}}}:{what}")
 }
 
+/// Runs `$e` on whichever store `$self` holds.
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            State::Memory($s) => $e,
+            State::Redis($s) => $e,
+        }
+    };
+}
+
 impl State {
     pub fn memory() -> Self {
-        State::Memory(Mutex::new(Memory::default()))
+        State::Memory(MemoryStore::default())
     }
 
     /// `memory` or `redis://…`. Connects lazily: a Redis outage makes requests fail with 503
@@ -133,7 +207,7 @@ impl State {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(State::Redis(RedisState {
+        Ok(State::Redis(RedisStore {
             conn,
             reserve: redis::Script::new(RESERVE_LUA),
             settle: redis::Script::new(SETTLE_LUA),
@@ -141,66 +215,33 @@ impl State {
         }))
     }
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            State::Memory(_) => "memory",
-            State::Redis(_) => "redis",
-        }
+    /// Settles at once when the store is in memory (no I/O); `None` for Redis, which the
+    /// caller settles asynchronously with [`State::settle`].
+    pub fn settle_in_memory(&self, txn: &str, id: &str, used: u64) -> Option<u64> {
+        self.settle_now(txn, id, used)
+    }
+}
+
+impl Store for State {
+    fn kind(&self) -> &'static str {
+        each!(self, s => s.kind())
     }
 
-    fn mem(m: &Mutex<Memory>) -> std::sync::MutexGuard<'_, Memory> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
+    async fn ping(&self) -> Result<(), StateError> {
+        each!(self, s => s.ping().await)
     }
 
-    /// Whether the store answers.
-    pub async fn ping(&self) -> Result<(), StateError> {
-        match self {
-            State::Memory(_) => Ok(()),
-            State::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-                Ok(())
-            }
-        }
-    }
-
-    /// One request against the run's rate. `now_ms` is used by the memory store only.
-    pub async fn check_rate(
+    async fn check_rate(
         &self,
         txn: &str,
         limit: RateLimit,
         now_ms: u64,
         keep_until: u64,
     ) -> Result<RateDecision, StateError> {
-        match self {
-            State::Memory(m) => {
-                let mut mem = Self::mem(m);
-                let tat = mem.rates.get(txn).map(|(t, _)| *t);
-                let (decision, tat) = gcra(limit, tat, now_ms);
-                mem.rates.insert(txn.to_owned(), (tat, keep_until));
-                Ok(decision)
-            }
-            State::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let (allowed, retry_ms): (u64, u64) = r
-                    .rate
-                    .key(key(txn, "rate"))
-                    .arg(limit.interval_ms)
-                    .arg(limit.tolerance_ms)
-                    .invoke_async(&mut conn)
-                    .await?;
-                Ok(if allowed == 1 {
-                    RateDecision::Allow
-                } else {
-                    RateDecision::Deny { retry_after_ms: retry_ms }
-                })
-            }
-        }
+        each!(self, s => s.check_rate(txn, limit, now_ms, keep_until).await)
     }
 
-    /// Reserves `asked` tokens of the run's `limit` under reservation `id`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn reserve(
+    async fn reserve(
         &self,
         txn: &str,
         limit: u64,
@@ -210,41 +251,10 @@ impl State {
         ttl: u64,
         keep_until: u64,
     ) -> Result<Admission, StateError> {
-        match self {
-            State::Memory(m) => {
-                let mut mem = Self::mem(m);
-                let run = mem.runs.entry(txn.to_owned()).or_default();
-                run.keep_until = run.keep_until.max(keep_until);
-                Ok(run.reserve(limit, id, asked, now, ttl))
-            }
-            State::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let keep = keep_until.saturating_sub(now).saturating_add(KEEP_AFTER_EXP);
-                let (admitted, spent, reserved): (u64, String, String) = r
-                    .reserve
-                    .key(key(txn, "spent"))
-                    .key(key(txn, "resv"))
-                    .arg(limit)
-                    .arg(id)
-                    .arg(asked)
-                    .arg(now)
-                    .arg(now.saturating_add(ttl))
-                    .arg(keep)
-                    .invoke_async(&mut conn)
-                    .await?;
-                if admitted == 1 {
-                    return Ok(Admission::Admitted);
-                }
-                // Lua numbers are doubles; they come back as decimal text.
-                let num = |s: &str| s.parse::<f64>().map(|f| f as u64).unwrap_or(u64::MAX);
-                Ok(decide(limit, num(&spent), num(&reserved), asked))
-            }
-        }
+        each!(self, s => s.reserve(txn, limit, id, asked, now, ttl, keep_until).await)
     }
 
-    /// Releases reservation `id` and adds `used` tokens. Returns the run's new total.
-    /// Idempotent per `id` in Redis, so a failed call may be retried.
-    pub async fn settle(
+    async fn settle(
         &self,
         txn: &str,
         id: &str,
@@ -252,47 +262,172 @@ impl State {
         now: u64,
         keep_until: u64,
     ) -> Result<u64, StateError> {
-        match self {
-            State::Memory(m) => {
-                let mut mem = Self::mem(m);
-                Ok(mem.runs.entry(txn.to_owned()).or_default().settle(id, used))
-            }
-            State::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let keep = keep_until.saturating_sub(now).saturating_add(KEEP_AFTER_EXP);
-                let spent: u64 = r
-                    .settle
-                    .key(key(txn, "spent"))
-                    .key(key(txn, "resv"))
-                    .key(key(txn, "done"))
-                    .arg(id)
-                    .arg(used)
-                    .arg(keep)
-                    .invoke_async(&mut conn)
-                    .await?;
-                Ok(spent)
-            }
-        }
+        each!(self, s => s.settle(txn, id, used, now, keep_until).await)
     }
 
-    /// Settles at once when the state is in memory (no I/O); `None` for Redis, which the
-    /// caller settles asynchronously with [`State::settle`].
-    pub fn settle_in_memory(&self, txn: &str, id: &str, used: u64) -> Option<u64> {
-        match self {
-            State::Memory(m) => {
-                Some(Self::mem(m).runs.entry(txn.to_owned()).or_default().settle(id, used))
-            }
-            State::Redis(_) => None,
-        }
+    fn settle_now(&self, txn: &str, id: &str, used: u64) -> Option<u64> {
+        each!(self, s => s.settle_now(txn, id, used))
     }
 
-    /// Forgets memory records of runs whose TraT expired long ago (Redis expires its own).
-    pub fn prune(&self, now: u64) {
-        if let State::Memory(m) = self {
-            let mut mem = Self::mem(m);
-            mem.runs.retain(|_, r| r.keep_until.saturating_add(KEEP_AFTER_EXP) > now);
-            mem.rates.retain(|_, (_, keep)| keep.saturating_add(KEEP_AFTER_EXP) > now);
+    fn prune(&self, now: u64) {
+        each!(self, s => s.prune(now))
+    }
+}
+
+impl MemoryStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    async fn check_rate(
+        &self,
+        txn: &str,
+        limit: RateLimit,
+        now_ms: u64,
+        keep_until: u64,
+    ) -> Result<RateDecision, StateError> {
+        let mut mem = self.lock();
+        let tat = mem.rates.get(txn).map(|(t, _)| *t);
+        let (decision, tat) = gcra(limit, tat, now_ms);
+        mem.rates.insert(txn.to_owned(), (tat, keep_until));
+        Ok(decision)
+    }
+
+    async fn reserve(
+        &self,
+        txn: &str,
+        limit: u64,
+        id: &str,
+        asked: u64,
+        now: u64,
+        ttl: u64,
+        keep_until: u64,
+    ) -> Result<Admission, StateError> {
+        let mut mem = self.lock();
+        let run = mem.runs.entry(txn.to_owned()).or_default();
+        run.keep_until = run.keep_until.max(keep_until);
+        Ok(run.reserve(limit, id, asked, now, ttl))
+    }
+
+    async fn settle(
+        &self,
+        txn: &str,
+        id: &str,
+        used: u64,
+        _now: u64,
+        _keep_until: u64,
+    ) -> Result<u64, StateError> {
+        Ok(self.lock().runs.entry(txn.to_owned()).or_default().settle(id, used))
+    }
+
+    fn settle_now(&self, txn: &str, id: &str, used: u64) -> Option<u64> {
+        Some(self.lock().runs.entry(txn.to_owned()).or_default().settle(id, used))
+    }
+
+    fn prune(&self, now: u64) {
+        let mut mem = self.lock();
+        mem.runs.retain(|_, r| r.keep_until.saturating_add(KEEP_AFTER_EXP) > now);
+        mem.rates.retain(|_, (_, keep)| keep.saturating_add(KEEP_AFTER_EXP) > now);
+    }
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn check_rate(
+        &self,
+        txn: &str,
+        limit: RateLimit,
+        _now_ms: u64,
+        _keep_until: u64,
+    ) -> Result<RateDecision, StateError> {
+        // The script reads Redis' own clock, so replica clocks need not agree.
+        let mut conn = self.conn.clone();
+        let (allowed, retry_ms): (u64, u64) = self
+            .rate
+            .key(key(txn, "rate"))
+            .arg(limit.interval_ms)
+            .arg(limit.tolerance_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(if allowed == 1 {
+            RateDecision::Allow
+        } else {
+            RateDecision::Deny { retry_after_ms: retry_ms }
+        })
+    }
+
+    async fn reserve(
+        &self,
+        txn: &str,
+        limit: u64,
+        id: &str,
+        asked: u64,
+        now: u64,
+        ttl: u64,
+        keep_until: u64,
+    ) -> Result<Admission, StateError> {
+        let mut conn = self.conn.clone();
+        let keep = keep_until.saturating_sub(now).saturating_add(KEEP_AFTER_EXP);
+        let (admitted, spent, reserved): (u64, String, String) = self
+            .reserve
+            .key(key(txn, "spent"))
+            .key(key(txn, "resv"))
+            .arg(limit)
+            .arg(id)
+            .arg(asked)
+            .arg(now)
+            .arg(now.saturating_add(ttl))
+            .arg(keep)
+            .invoke_async(&mut conn)
+            .await?;
+        if admitted == 1 {
+            return Ok(Admission::Admitted);
         }
+        // Lua numbers are doubles; they come back as decimal text.
+        let num = |s: &str| s.parse::<f64>().map(|f| f as u64).unwrap_or(u64::MAX);
+        Ok(decide(limit, num(&spent), num(&reserved), asked))
+    }
+
+    async fn settle(
+        &self,
+        txn: &str,
+        id: &str,
+        used: u64,
+        now: u64,
+        keep_until: u64,
+    ) -> Result<u64, StateError> {
+        let mut conn = self.conn.clone();
+        let keep = keep_until.saturating_sub(now).saturating_add(KEEP_AFTER_EXP);
+        let spent: u64 = self
+            .settle
+            .key(key(txn, "spent"))
+            .key(key(txn, "resv"))
+            .key(key(txn, "done"))
+            .arg(id)
+            .arg(used)
+            .arg(keep)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(spent)
     }
 }
 
