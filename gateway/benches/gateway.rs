@@ -1,409 +1,294 @@
-//! Gateway benchmark (issue 7): `sanctum-gateway` (both token checks, DLP, budget,
-//! audit log) against direct calls to the stand-in provider and against the LiteLLM proxy,
-//! in one run, on loopback. Reports added latency p50/p99 (small and 100 KB bodies),
-//! throughput at saturation and RSS. Every phase is bounded in requests and time.
+//! Gateway benchmark (issues 7, 14, 15): `sanctum-gateway` (both token checks, DLP, budget,
+//! audit log) with the memory state and with the Redis state, against direct calls to the
+//! stand-in provider, optionally an older gateway binary (the baseline, for before/after
+//! ratios) and the LiteLLM proxy, all in the same run and the same rounds, on loopback.
+//! Reports added latency p50/p99 (small and 100 KB bodies), throughput at saturation (small
+//! and 100 KB bodies) as subject ÷ direct per round, failed requests, RSS and thread budgets.
 //!
 //! `bench/gateway/run.sh` reproduces bench/gateway/README.md (it installs LiteLLM first);
 //! `cargo bench -p sanctum-gateway --bench gateway` runs without LiteLLM when it is absent.
-//! Settings by environment: BENCH_ROUNDS (3), BENCH_REQUESTS (1000), BENCH_LARGE (300),
-//! BENCH_SECS (3), BENCH_CONNS (32).
+//! Settings by environment (defaults in brackets):
+//! - BENCH_ROUNDS (3), BENCH_REQUESTS (1000 small sequential), BENCH_LARGE (300 × 100 KB
+//!   sequential), BENCH_SECS (3 s per saturation phase), BENCH_CONNS (32 connections);
+//! - BENCH_GATEWAY_THREADS and BENCH_STANDIN_THREADS (the CPU count), BENCH_LOAD_THREADS (2);
+//! - BENCH_REDIS (`auto`: the Redis state when `redis-server` is installed; `on`: required;
+//!   `off`);
+//! - BENCH_BASELINE_GATEWAY (an older gateway binary) and BENCH_BASELINE_ARGS (arguments
+//!   before the flags; default `gateway` when the binary's name contains `forwarder`).
+//!
+//! Every phase is bounded: at most N requests and 60 s per sequential phase, BENCH_SECS plus
+//! at most 10 s (one request's timeout) per saturation phase. Every process (stand-in,
+//! redis-server, gateways, LiteLLM) runs in its own process group, killed whole at the end,
+//! on a panic and on SIGINT/SIGTERM/SIGHUP.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+// The crate root's modules would be looked for beside it; they live in gateway/ instead, out
+// of cargo's bench auto-discovery.
+#[path = "gateway/load.rs"]
+mod load;
+#[path = "gateway/procs.rs"]
+mod procs;
+#[path = "gateway/report.rs"]
+mod report;
+#[path = "gateway/subjects.rs"]
+mod subjects;
 
-use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use p256::pkcs8::EncodePrivateKey;
-use sanctum_testkit::{Provider, ProviderConfig};
-use serde_json::json;
+use std::time::Duration;
 
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use load::Target;
+use procs::Proc;
+use report::{Kind, Round, Series};
+use subjects::Binary;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Longest one sequential (latency) phase may take.
+const SEQUENTIAL_LIMIT: Duration = Duration::from_secs(60);
+
+fn env_num(name: &str, default: usize) -> Result<usize, String> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map_err(|_| format!("{name}={v:?} is not a whole number")),
+        Err(_) => Ok(default),
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
+struct Settings {
+    rounds: usize,
+    requests: usize,
+    large: usize,
+    secs: f64,
+    conns: usize,
+    gateway_threads: usize,
+    standin_threads: usize,
+    load_threads: usize,
+    redis: String,
+    cpus: usize,
 }
 
-/// SIGSTOP/SIGCONT: only the subject being measured runs, so an idle peer's background
-/// work (LiteLLM's event loop) never steals CPU from another's measurement.
-fn signal(pid: Option<u32>, sig: &str) {
-    if let Some(pid) = pid {
-        let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// A target: where to send, and the headers that authenticate there.
-#[derive(Clone)]
-struct Target {
-    addr: SocketAddr,
-    headers: Vec<(&'static str, String)>,
-}
-
-type Sender = http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> Sender {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).unwrap();
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(conn);
-    sender
-}
-
-fn request(t: &Target, body: &Bytes) -> http::Request<Full<Bytes>> {
-    let mut req = http::Request::post("/v1/messages")
-        .header("host", t.addr.to_string())
-        .header("content-type", "application/json")
-        .header("anthropic-version", "2023-06-01");
-    for (k, v) in &t.headers {
-        req = req.header(*k, v);
-    }
-    req.body(Full::new(body.clone())).unwrap()
-}
-
-async fn one(sender: &mut Sender, t: &Target, body: &Bytes) -> bool {
-    if sender.ready().await.is_err() {
-        return false;
-    }
-    match sender.send_request(request(t, body)).await {
-        Ok(resp) => {
-            let ok = resp.status() == 200;
-            let _ = resp.into_body().collect().await;
-            ok
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let secs = match std::env::var("BENCH_SECS") {
+            Ok(v) => v.trim().parse().map_err(|_| format!("BENCH_SECS={v:?} is not a number"))?,
+            Err(_) => 3.0,
+        };
+        let redis = std::env::var("BENCH_REDIS").unwrap_or_else(|_| "auto".into());
+        if !["auto", "on", "off"].contains(&redis.as_str()) {
+            return Err(format!("BENCH_REDIS={redis:?}: auto, on or off"));
         }
-        Err(_) => false,
-    }
-}
-
-fn body(size: usize) -> Bytes {
-    let filler = "Refactor the handler so the retry policy is applied once. ".repeat(size / 58 + 1);
-    let mut text = filler;
-    text.truncate(size.saturating_sub(120));
-    Bytes::from(
-        json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": text}]})
-            .to_string(),
-    )
-}
-
-/// p50 and p99 of `n` sequential requests on one keep-alive connection, in µs.
-async fn latency(t: &Target, body: &Bytes, n: usize) -> (f64, f64, usize) {
-    let mut sender = connect(t.addr).await;
-    for _ in 0..(n / 10).max(5) {
-        one(&mut sender, t, body).await; // warm up
-    }
-    let mut us = Vec::with_capacity(n);
-    let mut failed = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for _ in 0..n {
-        let start = Instant::now();
-        if !one(&mut sender, t, body).await {
-            failed += 1;
-            sender = connect(t.addr).await;
+        let s = Self {
+            rounds: env_num("BENCH_ROUNDS", 3)?.max(1),
+            requests: env_num("BENCH_REQUESTS", 1000)?.max(1),
+            large: env_num("BENCH_LARGE", 300)?.max(1),
+            secs,
+            conns: env_num("BENCH_CONNS", 32)?.max(1),
+            gateway_threads: env_num("BENCH_GATEWAY_THREADS", cpus)?.max(1),
+            standin_threads: env_num("BENCH_STANDIN_THREADS", cpus)?.max(1),
+            load_threads: env_num("BENCH_LOAD_THREADS", 2)?.max(1),
+            redis,
+            cpus,
+        };
+        if !(s.secs > 0.0 && s.secs <= 600.0) {
+            return Err(format!("BENCH_SECS={}: between 0 and 600", s.secs));
         }
-        us.push(start.elapsed().as_secs_f64() * 1e6);
-        if Instant::now() > deadline {
-            break;
-        }
+        Ok(s)
     }
-    us.sort_by(f64::total_cmp);
-    let pct = |p: f64| us[((us.len() as f64 - 1.0) * p) as usize];
-    (pct(0.5), pct(0.99), failed)
 }
 
-/// Completed requests per second with `conns` connections for `secs`.
-async fn throughput(t: &Target, body: &Bytes, conns: usize, secs: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (t, body) = (t.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut sender = connect(t.addr).await;
-            let mut ok = 0u64;
-            while Instant::now() < deadline {
-                if one(&mut sender, &t, &body).await {
-                    ok += 1;
-                } else {
-                    sender = connect(t.addr).await;
+struct Subject {
+    series: Series,
+    target: Target,
+    proc_: Option<Proc>,
+    /// Sequential requests are divided by this (LiteLLM is two orders of magnitude slower).
+    scale: usize,
+}
+
+fn main() {
+    if let Ok(addr) = std::env::var(procs::STANDIN_ENV) {
+        procs::serve_standin(&addr);
+    }
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gateway bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.load_threads)
+        .enable_all()
+        .build()
+        .expect("the load generator's runtime");
+    if let Err(e) = runtime.block_on(run(&settings)) {
+        eprintln!("gateway bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(s: &Settings) -> Result<(), String> {
+    procs::kill_all_on_signal();
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    let dir = dir.path();
+    let (standin, standin_addr) = procs::standin(dir, s.standin_threads).await?;
+    let upstream = format!("http://{standin_addr}");
+    let headers = subjects::credentials(dir);
+    let redis = match s.redis.as_str() {
+        "off" => None,
+        mode => match procs::redis(dir).await? {
+            Some(r) => Some(r),
+            None if mode == "on" => {
+                return Err("BENCH_REDIS=on but redis-server is not installed \
+                            (Debian: apt-get install -y redis-server)"
+                    .into());
+            }
+            None => {
+                eprintln!(
+                    "redis-server is not installed (apt-get install -y redis-server): measuring the memory state only"
+                );
+                None
+            }
+        },
+    };
+
+    let mut subjects = vec![Subject {
+        series: series("direct (stand-in provider)", Kind::Direct),
+        target: Target {
+            addr: standin_addr,
+            headers: vec![("x-api-key", "sk-bench-org-key".into())],
+        },
+        proc_: None,
+        scale: 1,
+    }];
+    let current = Binary { program: env!("CARGO_BIN_EXE_sanctum-gateway").into(), args: vec![] };
+    let mut builds = vec![("sanctum-gateway".to_string(), current, false)];
+    if let Some(b) = Binary::baseline_from_env()? {
+        let name = b.program.file_name().map_or("?".into(), |n| n.to_string_lossy().into_owned());
+        let cmd = if b.args.is_empty() { name } else { format!("{name} {}", b.args.join(" ")) };
+        builds.push((format!("baseline: {cmd}"), b, true));
+    }
+    for (name, bin, baseline) in &builds {
+        // The two builds use separate Redis databases: an older build's keys never meet a
+        // newer build's layout.
+        let mut states = vec![("memory", "memory".to_string())];
+        if let Some((_, url)) = &redis {
+            states.push(("redis", format!("{url}/{}", u8::from(*baseline))));
+        }
+        for (state, arg) in states {
+            let label = format!("{name}, {state}");
+            let (proc_, target) =
+                subjects::gateway(&label, bin, dir, &upstream, &arg, s.gateway_threads, &headers)
+                    .await?;
+            // Paused while the others start and are measured.
+            proc_.pause(true);
+            subjects.push(Subject {
+                series: series(&label, Kind::Gateway { baseline: *baseline, state }),
+                target,
+                proc_: Some(proc_),
+                scale: 1,
+            });
+        }
+    }
+    match subjects::litellm_bin() {
+        Some(bin) => match subjects::litellm(&bin, dir, &upstream).await {
+            Ok((proc_, target)) => {
+                proc_.pause(true);
+                subjects.push(Subject {
+                    series: series("LiteLLM proxy", Kind::Peer),
+                    target,
+                    proc_: Some(proc_),
+                    scale: 5,
+                });
+            }
+            Err(e) => eprintln!("LiteLLM skipped: {e}"),
+        },
+        None => {
+            eprintln!("LiteLLM not installed (bash bench/gateway/setup.sh); measuring without it")
+        }
+    }
+    for subject in &mut subjects {
+        subject.series.rss_idle = subject.proc_.as_ref().map_or(0, Proc::rss_kib);
+    }
+
+    let small = load::body(300);
+    let large = load::body(100 * 1024);
+    for round in 0..s.rounds {
+        // Each round starts with another subject, so no subject always runs first or last.
+        for k in 0..subjects.len() {
+            let i = (k + round) % subjects.len();
+            for (j, other) in subjects.iter().enumerate() {
+                if let Some(p) = &other.proc_ {
+                    p.pause(i != j);
                 }
             }
-            ok
-        }));
-    }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap_or(0);
-    }
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
-async fn wait_port(addr: SocketAddr, secs: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// Starts the gateway with minted keys; returns it and the headers a pod's bridge would add.
-async fn start_gateway(dir: &Path, upstream: &str) -> (Kill, Target) {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let mut jwks = Vec::new();
-    let mut tokens = Vec::new();
-    for (kid, claims) in [
-        (
-            "spire-1",
-            json!({"sub": "spiffe://sage-sanctum.local/scanner/bench", "aud": "sanctum-gateway", "exp": now() + 3600}),
-        ),
-        (
-            "operator-1",
-            json!({"iss": "op", "aud": "sanctum-gateway", "iat": now(), "exp": now() + 3600, "txn": "txn-bench",
-            "sub": "spiffe://sage-sanctum.local/scanner/bench", "scope": "llm.messages",
-            "tctx": {"run_id": "bench", "org_id": "acme", "budget_tokens": 1u64 << 50}}),
-        ),
-    ] {
-        let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
-        let point = key.verifying_key().to_encoded_point(false);
-        jwks.push(json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
-            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())}]}));
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(kid.into());
-        let enc = EncodingKey::from_ec_der(key.to_pkcs8_der().unwrap().as_bytes());
-        tokens.push(jsonwebtoken::encode(&header, &claims, &enc).unwrap());
-    }
-    std::fs::write(dir.join("svid.json"), jwks[0].to_string()).unwrap();
-    std::fs::write(dir.join("trat.json"), jwks[1].to_string()).unwrap();
-    std::fs::create_dir_all(dir.join("keys")).unwrap();
-    std::fs::write(dir.join("keys/acme"), "sk-bench-org-key\n").unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_sanctum-gateway"))
-        .args(["--listen", &listen.to_string(), "--admin-listen", &admin.to_string()])
-        .args(["--upstream", upstream, "--rate-limit-per-minute", "0", "--log-format", "json"])
-        .arg("--svid-jwks")
-        .arg(dir.join("svid.json"))
-        .arg("--trat-jwks")
-        .arg(dir.join("trat.json"))
-        .arg("--keys-dir")
-        .arg(dir.join("keys"))
-        .arg("--audit-log")
-        .arg(dir.join("audit.log"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the gateway");
-    assert!(wait_port(listen, 20).await, "gateway did not start");
-    let target = Target {
-        addr: listen,
-        headers: vec![
-            ("authorization", format!("Bearer {}", tokens[0])),
-            ("txn-token", tokens[1].clone()),
-        ],
-    };
-    (Kill(child), target)
-}
-
-fn litellm_bin() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/gateway/.venv/bin/litellm");
-    p.exists().then_some(p)
-}
-
-/// LiteLLM proxy passing Anthropic Messages to the stand-in with the org key added, under a
-/// budget (no database here, so the budget is the proxy-wide `max_budget`; per-key budgets
-/// need LiteLLM's Postgres-backed virtual keys).
-async fn start_litellm(bin: &Path, dir: &Path, upstream: &str) -> Option<(Kill, Target)> {
-    let listen = free_port();
-    let config = format!(
-        "model_list:\n  - model_name: claude-sonnet-4-5\n    litellm_params:\n      model: anthropic/claude-sonnet-4-5\n      api_base: {upstream}\n      api_key: sk-bench-org-key\nlitellm_settings:\n  max_budget: 1000000\n  budget_duration: 30d\n  drop_params: true\ngeneral_settings:\n  master_key: sk-litellm-master\n"
-    );
-    std::fs::write(dir.join("litellm.yaml"), config).unwrap();
-    let child = Command::new(bin)
-        .args(["--config"])
-        .arg(dir.join("litellm.yaml"))
-        .args(["--host", "127.0.0.1", "--port", &listen.port().to_string(), "--num_workers", "1"])
-        .env("LITELLM_LOG", "ERROR")
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        .env("DISABLE_SCHEMA_UPDATE", "True")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let child = Kill(child);
-    if !wait_port(listen, 120).await {
-        eprintln!("LiteLLM did not start within 120 s; skipped");
-        return None;
-    }
-    let target = Target {
-        addr: listen,
-        headers: vec![("authorization", "Bearer sk-litellm-master".to_string())],
-    };
-    // Readiness: the first call must succeed.
-    let mut sender = connect(listen).await;
-    for _ in 0..50 {
-        if one(&mut sender, &target, &body(200)).await {
-            return Some((child, target));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        sender = connect(listen).await;
-    }
-    eprintln!("LiteLLM answered no Messages call successfully; skipped");
-    None
-}
-
-#[derive(Default, Clone)]
-struct Row {
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-    p50_large: Vec<f64>,
-    p99_large: Vec<f64>,
-    rps: Vec<f64>,
-    rss_idle: u64,
-    rss_load: u64,
-    failed: usize,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
-}
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let rounds = env_num("BENCH_ROUNDS", 3.0) as usize;
-    let n = env_num("BENCH_REQUESTS", 1000.0) as usize;
-    let n_large = env_num("BENCH_LARGE", 300.0) as usize;
-    let secs = env_num("BENCH_SECS", 3.0);
-    let conns = env_num("BENCH_CONNS", 32.0) as usize;
-    let dir = tempfile::tempdir().unwrap();
-    let provider = Provider::start_tcp(
-        "127.0.0.1:0".parse().unwrap(),
-        ProviderConfig { record: false, ..ProviderConfig::default() },
-    )
-    .await
-    .unwrap();
-    let upstream = provider.url().unwrap();
-    let provider_addr: SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
-
-    let direct =
-        Target { addr: provider_addr, headers: vec![("x-api-key", "sk-bench-org-key".into())] };
-    let (gw_proc, gw) = start_gateway(dir.path(), &upstream).await;
-    let litellm = match litellm_bin() {
-        Some(bin) => start_litellm(&bin, dir.path(), &upstream).await,
-        None => {
-            eprintln!("LiteLLM not installed (bash bench/gateway/setup.sh); measuring without it");
-            None
-        }
-    };
-    let mut subjects: Vec<(&str, Target, Option<u32>)> = vec![
-        ("direct (stand-in provider)", direct, None),
-        ("sanctum gateway", gw, Some(gw_proc.0.id())),
-    ];
-    if let Some((p, t)) = &litellm {
-        subjects.push(("LiteLLM proxy", t.clone(), Some(p.0.id())));
-    }
-    let small = body(300);
-    let large = body(100 * 1024);
-    let mut rows = vec![Row::default(); subjects.len()];
-    for (i, (_, _, pid)) in subjects.iter().enumerate() {
-        rows[i].rss_idle = pid.map_or(0, rss_kib);
-    }
-    let pids: Vec<Option<u32>> = subjects.iter().map(|s| s.2).collect();
-    for round in 0..rounds {
-        for (i, (name, target, pid)) in subjects.iter().enumerate() {
-            for (j, other) in pids.iter().enumerate() {
-                signal(*other, if i == j { "-CONT" } else { "-STOP" });
-            }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            // LiteLLM is two orders of magnitude slower: fewer requests keep the run bounded.
-            let scale = if name.starts_with("LiteLLM") { 5 } else { 1 };
-            let (p50, p99, f1) = latency(target, &small, n / scale).await;
-            let (p50l, p99l, f2) = latency(target, &large, n_large / scale).await;
-            let rps = throughput(target, &small, conns, secs).await;
-            let r = &mut rows[i];
-            r.p50.push(p50);
-            r.p99.push(p99);
-            r.p50_large.push(p50l);
-            r.p99_large.push(p99l);
-            r.rps.push(rps);
-            r.failed += f1 + f2;
-            r.rss_load = r.rss_load.max(pid.map_or(0, rss_kib));
-            eprintln!("round {}/{rounds} {name}: p50 {p50:.0} µs, {rps:.0} req/s", round + 1);
+            let x = &mut subjects[i];
+            let t = &x.target;
+            let r = Round {
+                small: load::latency(t, &small, s.requests / x.scale, SEQUENTIAL_LIMIT).await,
+                large: load::latency(t, &large, s.large / x.scale, SEQUENTIAL_LIMIT).await,
+                sat_small: load::throughput(t, &small, s.conns, s.secs).await,
+                sat_large: load::throughput(t, &large, s.conns, s.secs).await,
+            };
+            let rss = x.proc_.as_ref().map_or(0, Proc::rss_kib);
+            x.series.rss_loaded = x.series.rss_loaded.max(rss);
+            eprintln!(
+                "round {}/{}: {}: p50 {:.0} µs, {:.0} req/s small, {:.0} req/s 100 KB, failed {}",
+                round + 1,
+                s.rounds,
+                x.series.name,
+                r.small.p50,
+                r.sat_small.rps,
+                r.sat_large.rps,
+                r.small.failed + r.large.failed + r.sat_small.failed + r.sat_large.failed,
+            );
+            x.series.rounds.push(r);
         }
     }
-    // Added latency: per round, subject minus direct measured in the same round; then the
-    // median over rounds (robust to a noisy round on a shared machine).
-    let added = |r: &Row, pick: fn(&Row) -> &Vec<f64>| -> f64 {
-        let base = pick(&rows[0]);
-        median(&pick(r).iter().zip(base).map(|(v, b)| v - b).collect::<Vec<_>>())
-    };
+    for subject in &mut subjects {
+        if let Some(p) = &subject.proc_ {
+            p.pause(false);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for subject in &mut subjects {
+        subject.series.rss_end = subject.proc_.as_ref().map_or(0, Proc::rss_kib);
+    }
+    // Observed after the load: the blocking pool grows on demand.
+    let observed: Vec<String> = subjects
+        .iter()
+        .filter_map(|x| x.proc_.as_ref().filter(|_| matches!(x.series.kind, Kind::Gateway { .. })))
+        .map(|p| p.threads_named("tokio-r").to_string())
+        .collect();
+
     println!(
-        "\nGateway benchmark: {rounds} rounds (medians), {n} small / {n_large} 100 KB sequential requests, \
-         throughput {conns} connections × {secs} s, loopback, {} CPUs\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "\nGateway benchmark: {} rounds (medians of per-round figures), {} small / {} × 100 KB sequential requests per subject and round, saturation {} connections × {} s per body size, loopback, {} CPUs.",
+        s.rounds, s.requests, s.large, s.conns, s.secs, s.cpus
     );
     println!(
-        "| subject | small p50 / p99 µs | added p50 / p99 µs | 100 KB p50 / p99 µs | added 100 KB p50 / p99 µs | req/s | RSS idle / loaded MiB | failed |"
+        "Thread budgets: each gateway {} tokio worker threads (TOKIO_WORKER_THREADS; tokio threads observed, workers and blocking pool: {}), stand-in provider {} runtime threads (own process; observed: {}), load generator {} runtime threads (this process){}{}; everything shares the {} CPUs. Only the subject being measured runs: the other subjects are stopped (SIGSTOP); {}.\n",
+        s.gateway_threads,
+        observed.join(", "),
+        s.standin_threads,
+        standin.threads_named("tokio-r"),
+        s.load_threads,
+        if redis.is_some() { ", redis-server 1 main thread" } else { "" },
+        if subjects.iter().any(|x| x.series.kind == Kind::Peer) {
+            ", LiteLLM 1 worker process"
+        } else {
+            ""
+        },
+        s.cpus,
+        if redis.is_some() {
+            "the stand-in and redis-server always run"
+        } else {
+            "the stand-in always runs"
+        },
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (i, ((name, _, _), r)) in subjects.iter().zip(&rows).enumerate() {
-        let (p50, p99, p50l, p99l) =
-            (median(&r.p50), median(&r.p99), median(&r.p50_large), median(&r.p99_large));
-        let add = |pick: fn(&Row) -> &Vec<f64>| {
-            if i == 0 { "—".to_string() } else { format!("{:.0}", added(r, pick)) }
-        };
-        println!(
-            "| {name} | {p50:.0} / {p99:.0} | {} / {} | {p50l:.0} / {p99l:.0} | {} / {} | {:.0} | {} | {} |",
-            add(|r| &r.p50),
-            add(|r| &r.p99),
-            add(|r| &r.p50_large),
-            add(|r| &r.p99_large),
-            median(&r.rps),
-            if r.rss_idle == 0 {
-                "—".into()
-            } else {
-                format!("{:.1} / {:.1}", r.rss_idle as f64 / 1024.0, r.rss_load as f64 / 1024.0)
-            },
-            r.failed,
-        );
-    }
-    if rows.len() > 2 {
-        println!(
-            "\nsanctum gateway / LiteLLM throughput: {:.1}×",
-            median(&rows[1].rps) / median(&rows[2].rps)
-        );
-    }
-    drop(litellm);
-    drop(gw_proc);
+    let series: Vec<Series> = subjects.iter().map(|x| x.series.clone()).collect();
+    print!("{}", report::render(&series));
+    drop(subjects);
+    drop(redis);
+    drop(standin);
+    Ok(())
+}
+
+fn series(name: &str, kind: Kind) -> Series {
+    Series { name: name.into(), kind, rounds: Vec::new(), rss_idle: 0, rss_loaded: 0, rss_end: 0 }
 }
