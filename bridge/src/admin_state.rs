@@ -1,19 +1,34 @@
 //! The bridge's admin port: ready when the forwarder's socket accepts connections and both
-//! token files hold unexpired tokens; metrics of the proxy plus token-file failures.
+//! token files hold unexpired tokens; metrics of the proxy plus token-file failures, in the
+//! process's one registry.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sanctum_common::admin::AdminState;
+use sanctum_common::metrics::Registry;
 use sanctum_common::proxy::{ProxyMetrics, Upstream};
 
 use crate::handler::Bridge;
 
 pub struct Admin {
     pub bridge: Arc<Bridge>,
-    pub metrics: Arc<ProxyMetrics>,
+    registry: Registry,
+}
+
+impl Admin {
+    /// The admin state with the process's registry: `metrics` (prefix `sanctum_bridge`)
+    /// and `sanctum_bridge_token_errors_total{file}`.
+    pub fn new(bridge: Arc<Bridge>, metrics: &ProxyMetrics) -> Self {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        registry.register(
+            "sanctum_bridge_token_errors",
+            "Requests answered 503 because a token file was not usable.",
+            bridge.token_errors.family.clone(),
+        );
+        Self { bridge, registry }
+    }
 }
 
 impl AdminState for Admin {
@@ -45,19 +60,7 @@ impl AdminState for Admin {
         Ok(())
     }
 
-    fn metrics(&self, out: &mut String) {
-        self.metrics.render(out);
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_bridge_token_errors_total Requests answered 503 because a token file was not usable."
-        );
-        let _ = writeln!(out, "# TYPE sanctum_bridge_token_errors_total counter");
-        for (file, counter) in ["jwt", "trat"].iter().zip(&self.bridge.token_errors) {
-            let _ = writeln!(
-                out,
-                "sanctum_bridge_token_errors_total{{file=\"{file}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
+    fn metrics(&self) -> &Registry {
+        &self.registry
     }
 }

@@ -2,8 +2,9 @@
 //! trade the pod's projected ServiceAccount token (audience `sanctum`) for a TraT at the
 //! operator's token service and write it to `/run/sage/trat.jwt` (mode 0600, atomically).
 //!
-//! Protocol: `POST <token-service>/v1/trat` with `Authorization: Bearer <SA token>`;
-//! `200 {"token":"…","expiresAt":…}` or `4xx/5xx {"error":"…"}`. The operator's CA comes
+//! Protocol ([`sanctum_common::token_service`]): `POST <token-service>/v1/trat` with
+//! `Authorization: Bearer <SA token>`; `200 {"token":"…","expiresAt":…}` or
+//! `4xx/5xx {"error":"…"}`. The operator's CA comes
 //! from `--ca-file` or, as the webhook injects it, the PEM text in
 //! `SANCTUM_TOKEN_SERVICE_CA`; without either, the system roots. Transient failures
 //! (connection, timeouts, 429, 5xx) are retried a bounded number of times; a refusal (401,
@@ -22,10 +23,9 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use sanctum_common::defaults;
+use sanctum_common::token_service::{ErrorReply, PATH, TratReply};
 
 use crate::write_trat::write_owner_only;
-
-pub const PATH: &str = "/v1/trat";
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -168,18 +168,16 @@ async fn attempt(
         .await
         .map_err(|e| transient(format!("cannot read the token service's answer: {e}")))?
         .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if status == StatusCode::OK {
-        return json
-            .get("token")
-            .and_then(|t| t.as_str())
+        return serde_json::from_slice::<TratReply>(&body)
+            .ok()
+            .map(|reply| reply.token)
             .filter(|t| !t.is_empty())
-            .map(str::to_owned)
             .ok_or_else(|| transient("the token service answered 200 without a token"));
     }
-    let why = json.get("error").and_then(|e| e.as_str()).map_or_else(
-        || String::from_utf8_lossy(&body).trim().chars().take(300).collect(),
-        str::to_owned,
+    let why = serde_json::from_slice::<ErrorReply>(&body).map_or_else(
+        |_| String::from_utf8_lossy(&body).trim().chars().take(300).collect(),
+        |reply| reply.error,
     );
     let retry = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
     Err(Failure { message: format!("the token service refused ({status}): {why}"), retry })

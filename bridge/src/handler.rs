@@ -2,10 +2,12 @@
 //! JWT-SVID and TraT as they are on disk now, and stream the request to the forwarder.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sanctum_common::headers::{AUTHORIZATION, CLIENT_CREDENTIALS, TXN_TOKEN};
 use sanctum_common::proxy::hop::strip_hop_by_hop;
 use sanctum_common::proxy::{Handler, ProxyBody, UpstreamClient};
@@ -17,12 +19,33 @@ pub struct Bridge {
     pub jwt: TokenFile,
     pub trat: TokenFile,
     pub client: UpstreamClient,
-    pub token_errors: [AtomicU64; 2],
+    pub token_errors: TokenErrors,
 }
 
 impl Bridge {
     pub fn new(jwt: TokenFile, trat: TokenFile, client: UpstreamClient) -> Arc<Self> {
-        Arc::new(Self { jwt, trat, client, token_errors: Default::default() })
+        Arc::new(Self { jwt, trat, client, token_errors: TokenErrors::default() })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    file: &'static str,
+}
+
+/// Requests answered 503 because a token file was not usable, by file (`jwt`, `trat`): the
+/// family `sanctum_bridge_token_errors_total` and its two counters, resolved once.
+pub struct TokenErrors {
+    pub family: Family<FileLabels, Counter>,
+    /// `[jwt, trat]`.
+    by_file: [Counter; 2],
+}
+
+impl Default for TokenErrors {
+    fn default() -> Self {
+        let family = Family::<FileLabels, Counter>::default();
+        let by_file = ["jwt", "trat"].map(|file| family.get_or_create_owned(&FileLabels { file }));
+        Self { family, by_file }
     }
 }
 
@@ -48,7 +71,7 @@ impl Handler for Bridge {
                     parts.headers.insert(name, value);
                 }
                 Err(error) => {
-                    self.token_errors[i].fetch_add(1, Ordering::Relaxed);
+                    self.token_errors.by_file[i].inc();
                     tracing::warn!(%error, "token file not usable; answering 503");
                     return error.to_api_error().to_response();
                 }

@@ -79,13 +79,14 @@ struct ServeArgs {
     log_format: LogFormat,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Some(Command::FetchTrat(args)) => fetch_trat::run(args),
         Some(Command::WriteTrat(args)) => write_trat::run(args),
         None => serve(cli.serve),
-    }
+    };
+    sanctum_common::exit::report("sanctum-bridge", result)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -122,8 +123,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e} (--allow-non-loopback)"))?;
     let admin_listener = admin::bind(args.admin_listen, "--admin-listen").await?;
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin_listen);
-    let admin_state =
-        Arc::new(admin_state::Admin { bridge: bridge.clone(), metrics: metrics.clone() });
+    let admin_state = Arc::new(admin_state::Admin::new(bridge.clone(), &metrics));
     tokio::spawn(admin::serve(admin_listener, admin_state, std::future::pending()));
 
     tracing::info!(

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use sanctum_common::ApiError;
 use sanctum_common::claims::unverified_expiry;
+use sanctum_common::time::now_unix;
 use thiserror::Error;
 
 /// Token files larger than this are refused: a JWT-SVID or TraT is a few KiB at most.
@@ -72,10 +73,6 @@ pub struct TokenFile {
     cache: Mutex<Option<Cached>>,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl TokenFile {
     /// `label` names the token in messages ("JWT-SVID"), `writer` what writes the file,
     /// `flag` the option that moves it, `prefix` goes before the token ("Bearer ").
@@ -111,7 +108,7 @@ impl TokenFile {
             Some(c) if c.raw == token => c,
             _ => cache.insert(self.parse(token)?),
         };
-        let now = now_secs();
+        let now = now_unix();
         if entry.exp <= now {
             return Err(TokenError::Expired {
                 label: self.label,
@@ -213,7 +210,7 @@ mod tests {
         let e = t.current().unwrap_err();
         assert!(matches!(e, TokenError::NotJwt { .. }));
         assert!(!e.to_string().contains("secret"));
-        let expired = jwt(now_secs() - 10);
+        let expired = jwt(now_unix() - 10);
         std::fs::write(t.path(), &expired).unwrap();
         let e = t.current().unwrap_err();
         assert!(matches!(e, TokenError::Expired { .. }), "{e}");
@@ -227,7 +224,7 @@ mod tests {
     fn same_size_in_place_rewrite_is_seen() {
         let dir = tempfile::tempdir().unwrap();
         let t = file(dir.path());
-        let (a, b) = (jwt(now_secs() + 1000), jwt(now_secs() + 2000));
+        let (a, b) = (jwt(now_unix() + 1000), jwt(now_unix() + 2000));
         assert_eq!(a.len(), b.len());
         std::fs::write(t.path(), format!("{a}\n")).unwrap();
         assert_eq!(t.current().unwrap(), format!("Bearer {a}").as_str());

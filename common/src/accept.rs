@@ -11,6 +11,10 @@
 //!   sends nothing is closed.
 //! - accept errors (`EMFILE` and the like) back off instead of spinning ([`accept`]).
 //!
+//! HTTP/2 ([`http2_server`], offered by ALPN on TLS listeners that opt in) has no request
+//! head to time: its counterparts are a keep-alive ping (a peer that stops answering is
+//! dropped), a cap on each header block and a cap on concurrent streams per connection.
+//!
 //! [`crate::proxy::Server`], the shell every listener runs on, applies all three.
 
 use std::io;
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -161,6 +165,31 @@ pub fn http1_server(
         .header_read_timeout(header_read_timeout)
         .max_buf_size(max_header_bytes.max(8192) * 2)
         .max_header_size(max_header_bytes);
+    builder
+}
+
+/// Most concurrent requests (streams) one HTTP/2 connection may carry: the least RFC 9113
+/// §6.5.2 recommends. A client that wants more opens another connection, which counts
+/// against the connection cap.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// The HTTP/2 server settings matching [`http1_server`]'s: a ping every
+/// `header_read_timeout` while the peer is silent, the connection closed when one goes
+/// unanswered for as long; header blocks (decoded, as RFC 9113 §6.5.2 counts them) capped
+/// at `max_header_bytes` (a larger one is answered 431 by the `h2` crate and never reaches
+/// the handler); at most [`H2_MAX_CONCURRENT_STREAMS`] requests at once per connection.
+pub fn http2_server(
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        // Without a timer hyper silently ignores the keep-alive settings.
+        .timer(TokioTimer::new())
+        .keep_alive_interval(header_read_timeout)
+        .keep_alive_timeout(header_read_timeout)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
     builder
 }
 

@@ -1,5 +1,6 @@
 //! The admin server of every long-running binary: `/healthz` (the process is alive),
-//! `/readyz` (it can do its job now), `/metrics` (Prometheus text), plus routes a binary
+//! `/readyz` (it can do its job now), `/metrics` (the process's one metrics registry,
+//! OpenMetrics text, see [`crate::metrics`]), plus routes a binary
 //! adds (the operator serves its JWKS and revoked list here). Kept apart from the data port
 //! so probes and scrapes never compete with, or expose, the request path.
 
@@ -14,14 +15,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use crate::metrics::{self, Registry};
 use crate::proxy::{Handler, Limits, Server};
 
 /// What a binary tells its admin server.
 pub trait AdminState: Send + Sync + 'static {
     /// `Ok` when ready to serve; otherwise a reason a person can act on.
     fn ready(&self) -> impl Future<Output = Result<(), String>> + Send;
-    /// Appends the Prometheus text exposition of the binary's metrics.
-    fn metrics(&self, out: &mut String);
+    /// The process's one metrics registry, encoded on every `/metrics` scrape.
+    fn metrics(&self) -> &Registry;
     /// Extra GET routes; `None` means 404.
     fn route(&self, _path: &str) -> Option<Response<Full<Bytes>>> {
         None
@@ -60,11 +62,7 @@ async fn handle<S: AdminState>(state: &S, req: Request<Incoming>) -> Response<Fu
                 "text/plain",
             ),
         },
-        "/metrics" => {
-            let mut out = String::with_capacity(4096);
-            state.metrics(&mut out);
-            text(StatusCode::OK, out, "text/plain; version=0.0.4; charset=utf-8")
-        }
+        "/metrics" => text(StatusCode::OK, metrics::encode(state.metrics()), metrics::CONTENT_TYPE),
         path => state
             .route(path)
             .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n", "text/plain")),
@@ -158,18 +156,25 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    struct Ready;
+    struct Ready(Registry);
     impl AdminState for Ready {
         async fn ready(&self) -> Result<(), String> {
             Ok(())
         }
-        fn metrics(&self, _out: &mut String) {}
+        fn metrics(&self) -> &Registry {
+            &self.0
+        }
     }
 
     async fn start(limits: AdminLimits) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_with(listener, Arc::new(Ready), limits, std::future::pending()));
+        tokio::spawn(serve_with(
+            listener,
+            Arc::new(Ready(Registry::default())),
+            limits,
+            std::future::pending(),
+        ));
         addr
     }
 
@@ -182,6 +187,21 @@ mod tests {
         let mut out = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out)).await;
         out
+    }
+
+    #[tokio::test]
+    async fn metrics_are_the_registry_in_openmetrics_text() {
+        let addr = start(AdminLimits::default()).await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out)).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains(&format!("content-type: {}", metrics::CONTENT_TYPE)), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 
     /// Closed: the peer answered end of stream (or reset), within `within`.

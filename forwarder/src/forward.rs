@@ -13,6 +13,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use sanctum_common::admin::{self, AdminState};
 use sanctum_common::defaults;
+use sanctum_common::metrics::Registry;
 use sanctum_common::proxy::{
     self, Handler, Limits, ProxyBody, ProxyMetrics, Upstream, UpstreamClient,
 };
@@ -92,7 +93,8 @@ impl Handler for Forward {
 }
 
 struct Admin {
-    metrics: Arc<ProxyMetrics>,
+    /// The process's one registry: the proxy's metrics.
+    registry: Registry,
     socket: PathBuf,
 }
 
@@ -109,8 +111,8 @@ impl AdminState for Admin {
         }
     }
 
-    fn metrics(&self, out: &mut String) {
-        self.metrics.render(out);
+    fn metrics(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -173,7 +175,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = proxy::listen::owner_only_unix(&socket)?;
     let admin_listener = admin::bind(args.admin_listen, "--admin-listen").await?;
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin_listen);
-    let admin_state = Arc::new(Admin { metrics: metrics.clone(), socket: socket.clone() });
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let admin_state = Arc::new(Admin { registry, socket: socket.clone() });
     tokio::spawn(admin::serve(admin_listener, admin_state, std::future::pending()));
     tracing::info!(listen_socket = %socket.display(), upstream = %args.upstream, admin = %admin_addr, "sanctum-forwarder forward ready");
     proxy::serve(

@@ -18,8 +18,9 @@ enum Mode {
     Forward(forward::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().mode {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().mode {
         Mode::Forward(args) => forward::run(args),
-    }
+    };
+    sanctum_common::exit::report("sanctum-forwarder", result)
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use sanctum_common::admin::{self, AdminState};
 use sanctum_common::defaults;
+use sanctum_common::metrics::{FnGauge, Registry};
 
 use crate::reconcile::{Context, now_secs};
 use crate::revoked;
@@ -21,11 +22,25 @@ pub struct Admin {
     /// Set once the controller starts watching ScannerRuns.
     pub watching: AtomicBool,
     pub webhook: Option<Arc<WebhookState>>,
+    /// The process's one registry: the controller's metrics, the revoked-list size and,
+    /// when it runs, the webhook's counters.
+    registry: Registry,
 }
 
 impl Admin {
     pub fn new(ctx: Arc<Context>, webhook: Option<Arc<WebhookState>>) -> Self {
-        Self { ctx, watching: AtomicBool::new(false), webhook }
+        let mut registry = Registry::default();
+        ctx.metrics.register(&mut registry);
+        let revoked = ctx.revoked.clone();
+        registry.register(
+            "sanctum_operator_revoked_txns",
+            "Transaction tokens on the revoked list.",
+            FnGauge::new(move || i64::try_from(revoked.len()).unwrap_or(i64::MAX)),
+        );
+        if let Some(webhook) = &webhook {
+            webhook.counters.register(&mut registry);
+        }
+        Self { ctx, watching: AtomicBool::new(false), webhook, registry }
     }
 
     pub fn set_watching(&self) {
@@ -50,11 +65,8 @@ impl AdminState for Admin {
         Ok(())
     }
 
-    fn metrics(&self, out: &mut String) {
-        self.ctx.metrics.render(out, self.ctx.revoked.len());
-        if let Some(webhook) = &self.webhook {
-            webhook.counters.render(out);
-        }
+    fn metrics(&self) -> &Registry {
+        &self.registry
     }
 
     fn route(&self, path: &str) -> Option<http::Response<Full<Bytes>>> {

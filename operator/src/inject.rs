@@ -105,7 +105,7 @@ pub enum InjectError {
     NoContainers,
 }
 
-const SA_TOKEN_AUDIENCE: &str = "sanctum";
+use sanctum_common::token_service::SA_TOKEN_AUDIENCE;
 const SA_TOKEN_DIR: &str = "/var/run/sanctum/sa";
 const RUN_SECRET_DIR: &str = "/var/run/sanctum/run-secret";
 const SPIRE_AGENT_DIR: &str = "/spiffe-workload-api";

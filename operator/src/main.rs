@@ -4,7 +4,6 @@
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -107,10 +106,6 @@ fn signer(key: Option<PathBuf>, config: &OperatorConfig) -> Result<Signer> {
     Ok(signer)
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Installs the profile, then re-checks every minute (a node clean-up may remove it) until
 /// SIGTERM. A failed first install is fatal (the DaemonSet pod restarts and says why).
 async fn keep_seccomp_profile(profile: &Path, dir: &Path) -> Result<()> {
@@ -135,16 +130,7 @@ async fn keep_seccomp_profile(profile: &Path, dir: &Path) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match real_main(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            // One line: the chain of causes, outermost first.
-            let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
-            eprintln!("sanctum-operator: {}", chain.join(": "));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    sanctum_common::exit::report("sanctum-operator", real_main(Cli::parse()))
 }
 
 fn real_main(cli: Cli) -> Result<()> {
@@ -192,8 +178,9 @@ fn real_main(cli: Cli) -> Result<()> {
             let config = OperatorConfig::load(config.as_deref())?;
             let signer = signer(signing_key_file, &config)?;
             let text = read_input(&file)?;
-            let (out, skipped) = render::render(&text, &config, &signer, now())
-                .with_context(|| format!("cannot render {}", file.display()))?;
+            let (out, skipped) =
+                render::render(&text, &config, &signer, sanctum_common::time::now_unix())
+                    .with_context(|| format!("cannot render {}", file.display()))?;
             for s in skipped {
                 eprintln!("skipped {s} (not a sanctum.dev ScannerRun)");
             }

@@ -1,91 +1,117 @@
-//! The operator's Prometheus metrics, kept small and dependency-free.
+//! The controller's metrics, `prometheus-client` families registered in the operator's one
+//! registry (built by [`crate::admin::Admin`], served on the admin port's `/metrics`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of the reconciliation-time buckets.
 const BUCKETS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    phase: String,
+    reason: String,
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    reconciles_ok: AtomicU64,
-    reconciles_err: AtomicU64,
-    duration_buckets: [AtomicU64; BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_micros: AtomicU64,
-    /// (phase, reason) -> runs that reached it.
-    transitions: Mutex<BTreeMap<(String, String), u64>>,
+    reconciliations: Family<ResultLabels, Counter>,
+    /// `reconciliations{result="ok"}` and `{result="error"}`, resolved once.
+    reconciles_ok: Counter,
+    reconciles_err: Counter,
+    duration: Histogram,
+    /// Runs that reached a phase, by (phase, reason).
+    transitions: Family<TransitionLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reconciliations = Family::<ResultLabels, Counter>::default();
+        let reconciles_ok = reconciliations.get_or_create_owned(&ResultLabels { result: "ok" });
+        let reconciles_err = reconciliations.get_or_create_owned(&ResultLabels { result: "error" });
+        Self {
+            reconciliations,
+            reconciles_ok,
+            reconciles_err,
+            duration: Histogram::new(BUCKETS),
+            transitions: Family::default(),
+        }
+    }
 }
 
 impl Metrics {
     pub fn reconciled(&self, ok: bool, took: Duration) {
-        if ok { &self.reconciles_ok } else { &self.reconciles_err }.fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        for (bucket, le) in self.duration_buckets.iter().zip(BUCKETS) {
-            if secs <= le {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_micros
-            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if ok { &self.reconciles_ok } else { &self.reconciles_err }.inc();
+        self.duration.observe(took.as_secs_f64());
     }
 
     pub fn transition(&self, phase: &str, reason: &str) {
-        let mut t = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
-        *t.entry((phase.to_owned(), reason.to_owned())).or_default() += 1;
+        self.transitions
+            .get_or_create(&TransitionLabels { phase: phase.to_owned(), reason: reason.to_owned() })
+            .inc();
     }
 
-    pub fn render(&self, out: &mut String, revoked: usize) {
-        let ok = self.reconciles_ok.load(Ordering::Relaxed);
-        let err = self.reconciles_err.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_operator_reconciliations_total ScannerRun reconciliations by result."
+    /// Adds `sanctum_operator_reconciliations_total{result}`,
+    /// `sanctum_operator_reconcile_duration_seconds` and
+    /// `sanctum_operator_run_transitions_total{phase,reason}` to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sanctum_operator_reconciliations",
+            "ScannerRun reconciliations by result.",
+            self.reconciliations.clone(),
         );
-        let _ = writeln!(out, "# TYPE sanctum_operator_reconciliations_total counter");
-        let _ = writeln!(out, "sanctum_operator_reconciliations_total{{result=\"ok\"}} {ok}");
-        let _ = writeln!(out, "sanctum_operator_reconciliations_total{{result=\"error\"}} {err}");
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_operator_reconcile_duration_seconds Time per reconciliation."
+        registry.register(
+            "sanctum_operator_reconcile_duration_seconds",
+            "Time per reconciliation.",
+            self.duration.clone(),
         );
-        let _ = writeln!(out, "# TYPE sanctum_operator_reconcile_duration_seconds histogram");
-        for (bucket, le) in self.duration_buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(
-                out,
-                "sanctum_operator_reconcile_duration_seconds_bucket{{le=\"{le}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.duration_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "sanctum_operator_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        registry.register(
+            "sanctum_operator_run_transitions",
+            "ScannerRuns that reached a phase, by reason.",
+            self.transitions.clone(),
         );
-        let sum = self.duration_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "sanctum_operator_reconcile_duration_seconds_sum {sum}");
-        let _ = writeln!(out, "sanctum_operator_reconcile_duration_seconds_count {count}");
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_operator_run_transitions_total ScannerRuns that reached a phase, by reason."
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_results_durations_and_transitions() {
+        let m = Metrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        m.reconciled(true, Duration::from_millis(20));
+        m.reconciled(false, Duration::from_secs(9));
+        m.transition("Succeeded", "Succeeded");
+        m.transition("Succeeded", "Succeeded");
+        let out = sanctum_common::metrics::encode(&registry);
+        assert!(out.contains("sanctum_operator_reconciliations_total{result=\"ok\"} 1\n"), "{out}");
+        assert!(
+            out.contains("sanctum_operator_reconciliations_total{result=\"error\"} 1\n"),
+            "{out}"
         );
-        let _ = writeln!(out, "# TYPE sanctum_operator_run_transitions_total counter");
-        for ((phase, reason), n) in
-            self.transitions.lock().unwrap_or_else(|p| p.into_inner()).iter()
-        {
-            let _ = writeln!(
-                out,
-                "sanctum_operator_run_transitions_total{{phase=\"{phase}\",reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_operator_revoked_txns Transaction tokens on the revoked list."
+        assert!(
+            out.contains("sanctum_operator_reconcile_duration_seconds_bucket{le=\"0.025\"} 1\n"),
+            "{out}"
         );
-        let _ = writeln!(out, "# TYPE sanctum_operator_revoked_txns gauge");
-        let _ = writeln!(out, "sanctum_operator_revoked_txns {revoked}");
+        assert!(out.contains("sanctum_operator_reconcile_duration_seconds_count 2\n"), "{out}");
+        assert!(
+            out.contains(
+                "sanctum_operator_run_transitions_total{phase=\"Succeeded\",reason=\"Succeeded\"} 2\n"
+            ),
+            "{out}"
+        );
     }
 }

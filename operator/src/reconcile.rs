@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -75,9 +75,7 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+pub use sanctum_common::time::now_unix as now_secs;
 
 async fn publish(ctx: &Context, run: &ScannerRun, warning: bool, reason: &str, note: &str) {
     let event = Event {

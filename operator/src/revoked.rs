@@ -1,5 +1,6 @@
 //! The transaction tokens of ended runs. Gateways poll this list (`/revoked` on the admin
-//! port) and refuse those tokens from then on, long before their `exp`.
+//! port) and refuse those tokens from then on, long before their `exp`. The document is
+//! the wire contract [`sanctum_common::revoked::RevokedList`].
 //!
 //! The list survives restarts: it is kept in the ConfigMap `sanctum-revoked` (key
 //! `revoked.json`, the same document `/revoked` serves) in the operator's namespace,
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::{Deserialize, Serialize};
+use sanctum_common::revoked::{RevokedEntry, RevokedList};
 
 /// Where the list is kept, in the operator's namespace.
 pub const CONFIGMAP: &str = "sanctum-revoked";
@@ -33,19 +34,6 @@ pub struct Revoked {
     dirty: AtomicBool,
     /// The saved list was read back (or found absent) after start-up.
     restored: AtomicBool,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Entry<'a> {
-    #[serde(borrow)]
-    txn: std::borrow::Cow<'a, str>,
-    exp: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Document<'a> {
-    #[serde(borrow)]
-    revoked: Vec<Entry<'a>>,
 }
 
 impl Revoked {
@@ -78,13 +66,20 @@ impl Revoked {
     /// Adds the entries of a saved document (`revoked.json`); a malformed one is an error
     /// naming the ConfigMap (fix or delete it).
     pub fn restore(&self, json: &str) -> Result<usize, String> {
-        let doc: Document<'_> = serde_json::from_str(json).map_err(|e| {
-            format!("ConfigMap {CONFIGMAP} key {CONFIGMAP_KEY} is not a revoked list ({e}); fix or delete it")
-        })?;
+        let bad = |why: String| {
+            format!(
+                "ConfigMap {CONFIGMAP} key {CONFIGMAP_KEY} is not a revoked list ({why}); fix or delete it"
+            )
+        };
+        let doc = RevokedList::parse(json.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        // The operator always writes `exp`; a saved entry without one was not written here.
+        if let Some(e) = doc.revoked.iter().find(|e| e.exp.is_none()) {
+            return Err(bad(format!("the entry for txn {} has no exp", e.txn)));
+        }
         let n = doc.revoked.len();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         for e in doc.revoked {
-            let exp = entries.get(e.txn.as_ref()).copied().unwrap_or(0).max(e.exp);
+            let exp = entries.get(e.txn.as_ref()).copied().unwrap_or(0).max(e.exp.unwrap_or(0));
             entries.insert(e.txn.into_owned(), exp);
         }
         Ok(n)
@@ -128,13 +123,13 @@ impl Revoked {
     pub fn to_json(&self, now: u64) -> String {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|_, exp| *exp >= now);
-        let doc = Document {
+        RevokedList {
             revoked: entries
                 .iter()
-                .map(|(txn, exp)| Entry { txn: txn.into(), exp: *exp })
+                .map(|(txn, exp)| RevokedEntry { txn: txn.into(), exp: Some(*exp) })
                 .collect(),
-        };
-        serde_json::to_string(&doc).unwrap_or_else(|_| r#"{"revoked":[]}"#.into())
+        }
+        .to_json()
     }
 }
 

@@ -10,6 +10,8 @@
 //! 4xx/5xx {"error":"<what failed and what to do>"}
 //! ```
 //!
+//! (The wire contract, shared with the bridge, is [`sanctum_common::token_service`].)
+//!
 //! Claims: `sub` is the identity the pod's JWT-SVID carries, so the gateway can bind the
 //! two: `system:serviceaccount:<ns>:<sa>` in `serviceAccountToken` mode (the `sub` of the
 //! projected token the bridge sends), `spiffe://<td>/ns/<ns>/sa/<sa>` in `spiffe` mode (the
@@ -34,9 +36,8 @@ use crate::names::{ANNOTATION_STATUS, CONTAINER_WRITE_TRAT, STATUS_INJECTED};
 use crate::tokens::SignerSlot;
 use crate::webhook::admission::{Settings, check_injected};
 
-/// Audience of the ServiceAccount token a pod presents (projected by the injection).
-pub const AUDIENCE: &str = "sanctum";
-pub const PATH: &str = "/v1/trat";
+use sanctum_common::token_service::{ErrorReply, TratReply};
+pub use sanctum_common::token_service::{PATH, SA_TOKEN_AUDIENCE};
 
 const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
@@ -100,9 +101,9 @@ pub fn identity_of(status: &TokenReviewStatus) -> Result<PodIdentity, TokenServi
         let why = status.error.clone().unwrap_or_else(|| "not authenticated".into());
         return Err(TokenServiceError::Unauthenticated(why));
     }
-    if !status.audiences.as_ref().is_some_and(|a| a.iter().any(|a| a == AUDIENCE)) {
+    if !status.audiences.as_ref().is_some_and(|a| a.iter().any(|a| a == SA_TOKEN_AUDIENCE)) {
         return Err(TokenServiceError::Unauthenticated(format!(
-            "the token is not for audience '{AUDIENCE}'"
+            "the token is not for audience '{SA_TOKEN_AUDIENCE}'"
         )));
     }
     let user = status.user.as_ref().ok_or_else(|| {
@@ -223,11 +224,12 @@ pub fn claims_for(
 
 /// The answer body of a minted TraT.
 pub fn success_body(token: &str, exp: u64) -> String {
-    serde_json::json!({"token": token, "expiresAt": exp}).to_string()
+    TratReply { token: token.to_owned(), expires_at: exp }.to_json()
 }
 
+/// The answer body of a refusal.
 pub fn error_body(error: &TokenServiceError) -> String {
-    serde_json::json!({"error": error.to_string()}).to_string()
+    ErrorReply { error: error.to_string() }.to_json()
 }
 
 /// The shell: TokenReview and pod lookup through the API, then [`claims_for`] and signing.
@@ -255,7 +257,7 @@ impl TokenService {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(bearer.to_owned()),
-                audiences: Some(vec![AUDIENCE.into()]),
+                audiences: Some(vec![SA_TOKEN_AUDIENCE.into()]),
             },
             ..Default::default()
         };

@@ -569,8 +569,9 @@ async fn bad_input_is_answered_and_the_server_keeps_serving() {
     )
     .await;
     assert!(r.patched.is_some());
-    let mut metrics = String::new();
-    s.state.counters.render(&mut metrics);
+    let mut registry = sanctum_common::metrics::Registry::default();
+    s.state.counters.register(&mut registry);
+    let metrics = sanctum_common::metrics::encode(&registry);
     assert!(
         metrics.contains("sanctum_webhook_reviews_total{outcome=\"bad_request\"} 5"),
         "{metrics}"

@@ -17,6 +17,8 @@ use hyper::body::Incoming;
 use thiserror::Error;
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::client::Checkin;
+
 /// Why a body stream ended early.
 #[derive(Debug, Error)]
 pub enum BodyError {
@@ -28,12 +30,18 @@ pub enum BodyError {
 
 /// A streaming body: a hyper [`Incoming`] passed through frame by frame (with an idle
 /// timeout when [`ProxyBody::idle_timeout`] set one), or a small body held in memory
-/// (error answers, test responses). `Unpin`, as hyper's pooled client requires.
+/// (error answers, test responses). `Unpin`, so callers can poll it in place.
 pub struct ProxyBody {
     kind: Kind,
-    // Boxed to keep the body Unpin: one allocation per streamed body.
+    /// The idle timer, made the first time the stream has no frame ready: a body whose
+    /// frames are all there when polled (a small request or answer) never arms a timer.
+    /// Boxed to keep the body `Unpin`.
     idle: Option<Pin<Box<Sleep>>>,
+    /// Zero: no idle timeout.
     idle_for: Duration,
+    /// The upstream connection this response body arrives on, handed back to the
+    /// client's pool once the body has been read to its end (see [`Checkin`]).
+    checkin: Option<Checkin>,
 }
 
 enum Kind {
@@ -85,7 +93,18 @@ impl Replay {
 
 impl ProxyBody {
     fn kind(kind: Kind) -> Self {
-        Self { kind, idle: None, idle_for: Duration::ZERO }
+        Self { kind, idle: None, idle_for: Duration::ZERO, checkin: None }
+    }
+
+    /// Hands `checkin`'s connection back to its pool when this (streamed) body ends; if
+    /// the body is dropped before its end, the connection is closed instead.
+    pub(crate) fn with_checkin(mut self, checkin: Checkin) -> Self {
+        if self.is_end_stream() {
+            checkin.done();
+        } else {
+            self.checkin = Some(checkin);
+        }
+        self
     }
 
     /// This body, readable again from the start through the returned [`Replay`] as long as
@@ -111,15 +130,13 @@ impl ProxyBody {
     /// A body of these bytes, sent in one frame.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        let kind = Kind::Full(if bytes.is_empty() { None } else { Some(bytes) });
-        Self { kind, idle: None, idle_for: Duration::ZERO }
+        Self::kind(Kind::Full(if bytes.is_empty() { None } else { Some(bytes) }))
     }
 
     /// Fails the stream with [`BodyError::Idle`] when no frame arrives for `idle`.
     /// Does nothing for in-memory bodies.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         if matches!(self.kind, Kind::Stream(_)) {
-            self.idle = Some(Box::pin(tokio::time::sleep(idle)));
             self.idle_for = idle;
         }
         self
@@ -139,7 +156,7 @@ impl ProxyBody {
 
 impl From<Incoming> for ProxyBody {
     fn from(body: Incoming) -> Self {
-        Self { kind: Kind::Stream(body), idle: None, idle_for: Duration::ZERO }
+        Self::kind(Kind::Stream(body))
     }
 }
 
@@ -194,19 +211,31 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(frame)
             }
-            Kind::Stream(incoming) => match Pin::new(incoming).poll_frame(cx) {
+            Kind::Stream(incoming) => match Pin::new(&mut *incoming).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     if let Some(idle) = this.idle.as_mut() {
                         idle.as_mut().reset(Instant::now() + this.idle_for);
                     }
+                    // The end, seen as `None` or (hyper counts a Content-Length down) as
+                    // the last frame: the connection can carry the next request.
+                    let end = match &frame {
+                        None => true,
+                        Some(Ok(_)) => incoming.is_end_stream(),
+                        Some(Err(_)) => false,
+                    };
+                    if end && let Some(checkin) = this.checkin.take() {
+                        checkin.done();
+                    }
                     Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
                 }
+                Poll::Pending if this.idle_for.is_zero() => Poll::Pending,
                 Poll::Pending => {
-                    if let Some(idle) = this.idle.as_mut() {
-                        ready!(idle.as_mut().poll(cx));
-                        return Poll::Ready(Some(Err(BodyError::Idle(this.idle_for))));
-                    }
-                    Poll::Pending
+                    let idle_for = this.idle_for;
+                    let idle = this.idle.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(Instant::now() + idle_for))
+                    });
+                    ready!(idle.as_mut().poll(cx));
+                    Poll::Ready(Some(Err(BodyError::Idle(idle_for))))
                 }
             },
         }

@@ -2,29 +2,32 @@
 //! (bridge → forwarder) or an `http://`/`https://` URL (forwarder → gateway, gateway →
 //! provider) with rustls, the system's root certificates and an optional extra CA file.
 
-use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use rustls::pki_types::ServerName;
 use thiserror::Error;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::error::{ApiError, Retry};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::hop::strip_hop_by_hop;
 use crate::proxy::limits::Limits;
 use crate::proxy::metrics::{ProxyMetrics, UpstreamErrorKind};
-use crate::proxy::upstream_io::{ConnMark, TrackConnector};
+use crate::proxy::upstream_io::{ConnFacts, track};
 
 /// Where requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,36 +151,205 @@ impl UpstreamError {
     }
 }
 
-/// Connects to one Unix socket whatever the request URI says, with a connect timeout.
-#[derive(Clone)]
-struct UnixConnector {
-    path: Arc<Path>,
-    timeout: std::time::Duration,
+/// How a new connection is opened.
+enum Connect {
+    /// A Unix socket, whatever the request URI says.
+    Unix(PathBuf),
+    /// TCP to `host:port` (every resolved address in turn), with TLS when `tls` is set.
+    Tcp { host: String, port: u16, tls: Option<(TlsConnector, ServerName<'static>)> },
 }
 
-impl tower_service::Service<Uri> for UnixConnector {
-    type Response = TokioIo<UnixStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+/// An open upstream connection: a Unix socket, TCP, or TLS over TCP.
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_write(cx, b),
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Self::Tls(s) => Pin::new(&mut **s).poll_write(cx, b),
+        }
     }
 
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let (path, timeout) = (self.path.clone(), self.timeout);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, UnixStream::connect(&*path)).await {
-                Ok(stream) => stream.map(TokioIo::new),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Unix(s) => s.is_write_vectored(),
+            Self::Tcp(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connect {
+    /// Opens a connection: the socket (and the TLS handshake), all within `timeout`.
+    async fn open(&self, timeout: Duration) -> io::Result<Stream> {
+        let opening = async {
+            match self {
+                Self::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+                Self::Tcp { host, port, tls } => {
+                    let tcp = connect_tcp(host, *port).await?;
+                    tcp.set_nodelay(true)?;
+                    match tls {
+                        None => Ok(Stream::Tcp(tcp)),
+                        Some((connector, name)) => {
+                            let tls = connector.connect(name.clone(), tcp).await?;
+                            Ok(Stream::Tls(Box::new(tls)))
+                        }
+                    }
+                }
             }
-        })
+        };
+        match tokio::time::timeout(timeout, opening).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
     }
 }
 
-enum Kind {
-    Unix(Client<TrackConnector<UnixConnector>, ProxyBody>),
-    Url(Client<TrackConnector<HttpsConnector<HttpConnector>>, ProxyBody>),
+/// TCP to every address `host` resolves to, in turn; the last error if none answers.
+async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("{host} resolves to no address"))
+    }))
+}
+
+/// One pooled keep-alive connection: hyper's sender, and the facts [`upstream_io`] keeps
+/// about the connection (the connection itself is driven by its own task).
+///
+/// [`upstream_io`]: crate::proxy::upstream_io
+struct Conn {
+    sender: SendRequest<ProxyBody>,
+    facts: Arc<ConnFacts>,
+    /// When it went back to the pool.
+    idle_since: Instant,
+}
+
+/// Idle connections, most recently used last (taken LIFO: the warmest connection, and the
+/// least used ones age out).
+struct Pool {
+    idle: Mutex<Vec<Conn>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is neither past the idle timeout nor
+    /// closed; older ones met on the way are dropped (which closes them).
+    fn take(&self) -> Option<Conn> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        while let Some(conn) = idle.pop() {
+            if now.duration_since(conn.idle_since) < self.idle_timeout && !conn.sender.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request, unless the pool is full. Connections idle past
+    /// the timeout are dropped here and in [`Pool::take`]: the idle timeout is enforced
+    /// whenever the pool is used, with no timer of its own.
+    fn put(&self, mut conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        let mut idle = self.lock();
+        if idle
+            .first()
+            .is_some_and(|c| conn.idle_since.duration_since(c.idle_since) >= self.idle_timeout)
+        {
+            let timeout = self.idle_timeout;
+            let now = conn.idle_since;
+            idle.retain(|c| now.duration_since(c.idle_since) < timeout);
+        }
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+}
+
+/// A connection lent to one request, handed back to the pool when the response body has
+/// been read to its end ([`ProxyBody`] calls [`Checkin::done`]); dropped otherwise, which
+/// closes it (an unfinished HTTP/1 exchange cannot be reused).
+pub(crate) struct Checkin {
+    pool: Arc<Pool>,
+    conn: Conn,
+}
+
+impl Checkin {
+    /// The response body was read to its end. hyper has then normally finished the
+    /// exchange already and the connection goes straight back; if not (the request body
+    /// is still being sent after an early answer), a task puts it back once it is ready.
+    pub(crate) fn done(self) {
+        let Self { pool, mut conn } = self;
+        if conn.sender.is_ready() {
+            pool.put(conn);
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if conn.sender.ready().await.is_ok() {
+                    pool.put(conn);
+                }
+            });
+        }
+    }
 }
 
 /// Most request-body bytes kept for a second try (see [`UpstreamClient::send`]). A request
@@ -185,15 +357,30 @@ enum Kind {
 /// (twice the head limit), so this loses no retry; it only bounds the memory.
 const REPLAY_CAP: usize = 256 * 1024;
 
-/// A pooled HTTP/1.1 client to one upstream. Cheap to share (`Arc` it or clone the
-/// [`Client`] inside); connections are kept alive and reused.
+/// A pooled HTTP/1.1 client to one upstream (`Arc` it to share): hyper's connection-level
+/// client (`hyper::client::conn::http1`), one task per connection, and a small LIFO pool
+/// of idle connections of its own; a request takes a connection, and its response body
+/// gives it back when read to the end.
 pub struct UpstreamClient {
-    kind: Kind,
+    connect: Connect,
+    http1: hyper::client::conn::http1::Builder,
+    pool: Arc<Pool>,
     upstream: Upstream,
     target: String,
     host: Option<HeaderValue>,
     limits: Limits,
     metrics: Arc<ProxyMetrics>,
+}
+
+/// Why one try failed.
+enum TryError {
+    /// Opening a new connection failed.
+    Connect(io::Error),
+    /// The exchange failed; `unsent` when the request provably never left (a reused
+    /// connection found closed before its first byte).
+    Http { error: hyper::Error, unsent: bool },
+    /// No response head before the deadline.
+    Timeout,
 }
 
 impl UpstreamClient {
@@ -204,41 +391,38 @@ impl UpstreamClient {
         limits: &Limits,
         metrics: Arc<ProxyMetrics>,
     ) -> Result<Self, UpstreamError> {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(limits.pool_idle_timeout)
-            .pool_max_idle_per_host(limits.pool_max_idle)
-            .http1_max_buf_size(limits.max_header_bytes.max(8192) * 2)
-            .set_host(false);
-        let (kind, host) = match &upstream {
-            Upstream::Unix(path) => {
-                let connector = UnixConnector {
-                    path: Arc::from(path.as_path()),
-                    timeout: limits.connect_timeout,
+        let mut http1 = hyper::client::conn::http1::Builder::new();
+        http1.max_buf_size(limits.max_header_bytes.max(8192) * 2);
+        let (connect, host) = match &upstream {
+            Upstream::Unix(path) => (Connect::Unix(path.clone()), None),
+            Upstream::Url { scheme, authority, ca, .. } => {
+                // `[::1]` is bracketed in a URL, not for the resolver or the TLS name.
+                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+                let https = *scheme == Scheme::HTTPS;
+                let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+                let tls = if https {
+                    let mut config = tls_config(ca.as_ref())?;
+                    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+                        UpstreamError::Tls(format!("'{host}' is not a valid TLS server name"))
+                    })?;
+                    Some((TlsConnector::from(Arc::new(config)), name))
+                } else {
+                    None
                 };
-                (Kind::Unix(builder.build(TrackConnector(connector))), None)
-            }
-            Upstream::Url { authority, ca, .. } => {
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(limits.connect_timeout));
-                let tls = tls_config(ca.as_ref())?;
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http);
-                let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                let value = HeaderValue::from_str(authority.as_str()).map_err(|_| {
                     UpstreamError::Tls("the upstream host is not a valid header".into())
                 })?;
-                (Kind::Url(builder.build(TrackConnector(https))), Some(host))
+                (Connect::Tcp { host: host.to_owned(), port, tls }, Some(value))
             }
         };
+        let pool = Arc::new(Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle: limits.pool_max_idle,
+            idle_timeout: limits.pool_idle_timeout,
+        });
         let target = upstream.describe();
-        Ok(Self { kind, upstream, target, host, limits: *limits, metrics })
+        Ok(Self { connect, http1, pool, upstream, target, host, limits: *limits, metrics })
     }
 
     /// The upstream, as given.
@@ -271,124 +455,169 @@ impl UpstreamClient {
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         strip_hop_by_hop(req.headers_mut());
-        *req.uri_mut() = self.upstream_uri(req.uri())?;
+        self.set_upstream_uri(req.uri_mut())?;
         if let Some(host) = &self.host {
             req.headers_mut().insert(HOST, host.clone());
         }
         let idle = self.limits.body_idle_timeout;
-        let (parts, body) = req.into_parts();
-        let (body, replay) = body.idle_timeout(idle).replayable(REPLAY_CAP);
-        let (method, uri, version, headers) =
-            (parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone());
-        let deadline = tokio::time::Instant::now() + self.limits.response_head_timeout;
-        let mut result = self.send_once(Request::from_parts(parts, body), deadline).await;
-        if let Err((_, true)) = &result
-            && let Some(body) = replay.restart()
-        {
-            tracing::debug!(target = %self.target, "reused connection was closed before the request left; sending it again on a new one");
-            let mut again = Request::new(body);
-            *again.method_mut() = method;
-            *again.uri_mut() = uri;
-            *again.version_mut() = version;
-            *again.headers_mut() = headers;
-            result = self.send_once(again, deadline).await;
-        }
-        replay.release();
-        match result.map_err(|(error, _)| error) {
-            Ok(response) => {
-                let mut response = response.map(|b| ProxyBody::from(b).idle_timeout(idle));
-                if response.headers().contains_key(http::header::TRANSFER_ENCODING) {
-                    response.headers_mut().remove(http::header::CONTENT_LENGTH);
-                }
-                strip_hop_by_hop(response.headers_mut());
-                Ok(response)
-            }
+        let deadline = Instant::now() + self.limits.response_head_timeout;
+        let result = tokio::time::timeout_at(deadline, self.exchange(req, idle))
+            .await
+            .unwrap_or(Err(TryError::Timeout));
+        match result {
+            Ok(response) => Ok(response),
             Err(error) => {
+                let error = self.classify(error);
                 self.metrics.upstream_error(error.kind());
                 Err(error)
             }
         }
     }
 
-    /// One try; the error comes with `true` when the request provably never left (a
-    /// reused connection found closed before its first byte).
-    async fn send_once(
+    /// The request on a pooled connection, or a new one; on a reused connection that
+    /// turns out closed before the request left, once more on a new connection.
+    async fn exchange(
         &self,
-        mut req: Request<ProxyBody>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Response<hyper::body::Incoming>, (UpstreamError, bool)> {
-        let capture = hyper_util::client::legacy::connect::capture_connection(&mut req);
-        let future = match &self.kind {
-            Kind::Unix(client) => client.request(req),
-            Kind::Url(client) => client.request(req),
-        };
-        match tokio::time::timeout_at(deadline, future).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => {
-                let mut extras = http::Extensions::new();
-                if let Some(connected) = capture.connection_metadata().as_ref() {
-                    connected.get_extras(&mut extras);
-                }
-                let unsent = extras.get::<ConnMark>().is_some_and(|mark| mark.0.unsent());
-                Err((self.classify(&error), unsent))
-            }
-            Err(_) => Err((
-                UpstreamError::ResponseTimeout {
-                    target: self.target.clone(),
-                    secs: self.limits.response_head_timeout.as_secs(),
+        req: Request<ProxyBody>,
+        idle: Duration,
+    ) -> Result<Response<ProxyBody>, TryError> {
+        let req = req.map(|body| body.idle_timeout(idle));
+        let mut conn = loop {
+            match self.pool.take() {
+                // Ready when hyper finished the previous exchange (at once, usually); an
+                // error means the connection closed meanwhile: nothing was sent on it.
+                Some(mut conn) => match conn.sender.ready().await {
+                    Ok(()) => break Some(conn),
+                    Err(_) => continue,
                 },
-                false,
-            )),
-        }
-    }
-
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, UpstreamError> {
-        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let mut parts = http::uri::Parts::default();
-        match &self.upstream {
-            Upstream::Unix(_) => {
-                parts.scheme = Some(Scheme::HTTP);
-                parts.authority = Some(Authority::from_static("localhost"));
-                parts.path_and_query =
-                    uri.path_and_query().cloned().or(Some(PathAndQuery::from_static("/")));
+                None => break None,
             }
-            Upstream::Url { scheme, authority, prefix, .. } => {
-                parts.scheme = Some(scheme.clone());
-                parts.authority = Some(authority.clone());
-                parts.path_and_query = Some(if prefix.is_empty() {
-                    uri.path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"))
-                } else {
-                    PathAndQuery::try_from(format!("{prefix}{path}")).map_err(|_| {
-                        UpstreamError::Protocol {
-                            target: self.target.clone(),
-                            why: "the request path cannot be joined to the upstream prefix".into(),
+        };
+        let result = match conn.take() {
+            // A fresh connection cannot have been closed while idle: no copy to resend.
+            None => self.send_fresh(req).await,
+            Some(conn) => {
+                // Kept for the one resend: the head (cheap, reference-counted values) and
+                // the body frames read before the connection was found closed.
+                let (parts, body) = req.into_parts();
+                let (body, replay) = body.replayable(REPLAY_CAP);
+                let head =
+                    (parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone());
+                let result = self.send_on(conn, Request::from_parts(parts, body)).await;
+                let result = match result {
+                    Err(TryError::Http { unsent: true, .. }) => match replay.restart() {
+                        Some(body) => {
+                            tracing::debug!(target = %self.target, "reused connection was closed before the request left; sending it again on a new one");
+                            let mut again = Request::new(body);
+                            (
+                                *again.method_mut(),
+                                *again.uri_mut(),
+                                *again.version_mut(),
+                                *again.headers_mut(),
+                            ) = head;
+                            self.send_fresh(again).await
                         }
-                    })?
-                });
+                        None => result,
+                    },
+                    other => other,
+                };
+                replay.release();
+                result
             }
-        }
-        Uri::from_parts(parts).map_err(|e| UpstreamError::Protocol {
-            target: self.target.clone(),
-            why: format!("cannot build the upstream URI: {e}"),
+        };
+        result.map(|(response, checkin)| {
+            let mut response =
+                response.map(|b| ProxyBody::from(b).idle_timeout(idle).with_checkin(checkin));
+            if response.headers().contains_key(http::header::TRANSFER_ENCODING) {
+                response.headers_mut().remove(http::header::CONTENT_LENGTH);
+            }
+            strip_hop_by_hop(response.headers_mut());
+            response
         })
     }
 
-    fn classify(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {
+    /// The request on a new connection.
+    async fn send_fresh(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Checkin), TryError> {
+        let stream =
+            self.connect.open(self.limits.connect_timeout).await.map_err(TryError::Connect)?;
+        let io = track(stream);
+        let facts = io.inner().facts().clone();
+        let (sender, connection) = self
+            .http1
+            .handshake(io)
+            .await
+            .map_err(|error| TryError::Http { error, unsent: false })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        let conn = Conn { sender, facts, idle_since: Instant::now() };
+        self.send_on(conn, req).await
+    }
+
+    /// The request on `conn`, ready to send.
+    async fn send_on(
+        &self,
+        mut conn: Conn,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Checkin), TryError> {
+        match conn.sender.send_request(req).await {
+            Ok(response) => Ok((response, Checkin { pool: self.pool.clone(), conn })),
+            Err(error) => Err(TryError::Http { error, unsent: conn.facts.unsent() }),
+        }
+    }
+
+    /// Puts `uri` in origin form (`/path?query`, what an HTTP/1.1 request line carries to
+    /// a server), after the URL's prefix if any. Unchanged when already so (the usual case).
+    fn set_upstream_uri(&self, uri: &mut Uri) -> Result<(), UpstreamError> {
+        let prefix = match &self.upstream {
+            Upstream::Url { prefix, .. } => prefix.as_str(),
+            Upstream::Unix(_) => "",
+        };
+        let origin_form = uri.scheme().is_none() && uri.authority().is_none();
+        if origin_form && prefix.is_empty() && uri.path().starts_with('/') {
+            return Ok(());
+        }
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path = if path.starts_with('/') { path } else { "/" };
+        let joined = if prefix.is_empty() {
+            Uri::try_from(path)
+        } else {
+            Uri::try_from(format!("{prefix}{path}"))
+        };
+        *uri = joined.map_err(|_| UpstreamError::Protocol {
+            target: self.target.clone(),
+            why: "the request path cannot be joined to the upstream prefix".into(),
+        })?;
+        Ok(())
+    }
+
+    fn classify(&self, error: TryError) -> UpstreamError {
         let target = self.target.clone();
-        let io = std::iter::successors(std::error::Error::source(error), |e| e.source())
-            .find_map(|e| e.downcast_ref::<io::Error>());
-        if error.is_connect() {
-            return match io.map(io::Error::kind) {
-                Some(io::ErrorKind::NotFound) => UpstreamError::SocketMissing { target },
-                Some(io::ErrorKind::ConnectionRefused) => UpstreamError::Refused { target },
-                Some(io::ErrorKind::TimedOut) => UpstreamError::ConnectTimeout {
+        match error {
+            TryError::Timeout => UpstreamError::ResponseTimeout {
+                target,
+                secs: self.limits.response_head_timeout.as_secs(),
+            },
+            TryError::Connect(io) => match io.kind() {
+                io::ErrorKind::NotFound if matches!(self.connect, Connect::Unix(_)) => {
+                    UpstreamError::SocketMissing { target }
+                }
+                io::ErrorKind::ConnectionRefused => UpstreamError::Refused { target },
+                io::ErrorKind::TimedOut => UpstreamError::ConnectTimeout {
                     target,
                     secs: self.limits.connect_timeout.as_secs(),
                 },
-                _ => UpstreamError::Connect { target, why: error_chain(error) },
-            };
+                _ => UpstreamError::Connect { target, why: error_chain(&io) },
+            },
+            TryError::Http { error, .. } => {
+                UpstreamError::Protocol { target, why: error_chain(&error) }
+            }
         }
-        UpstreamError::Protocol { target, why: error_chain(error) }
     }
 }
 

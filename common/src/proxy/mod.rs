@@ -12,7 +12,7 @@
 //! | [`client`] | [`UpstreamClient`]: a pooled keep-alive hyper client over a Unix socket or over TCP/TLS (rustls, system roots plus an optional CA file) |
 //! | [`upstream_io`] | the wrapper around each upstream connection: an early answer is read even when the server stopped reading the body; a reused connection the server closed is detected before the request leaves, so it can be sent again |
 //! | [`server`] | [`Server`]: the accept loop (TCP or Unix, plain or TLS) with the connection cap, header-read deadline, head guard, hop-by-hop removal, metrics and graceful shutdown, generic over the [`Handler`]'s response body; [`serve`] for a plain proxy data port; [`server::shutdown_signal`] |
-//! | [`metrics`] | [`ProxyMetrics`]: requests by status, upstream errors, in-flight, latency histogram, as Prometheus text |
+//! | [`metrics`] | [`ProxyMetrics`]: requests by status, upstream errors, in-flight, latency histogram: `prometheus-client` families for the process's registry ([`crate::metrics`]) |
 //! | [`listen`] | binding helpers: loopback-only TCP, owner-only Unix sockets replacing a stale one |
 //!
 //! A proxy binary implements [`Handler`] (turn one request into one response, usually by

@@ -7,6 +7,14 @@
 //! [`HeadGuard`] on the raw bytes, hop-by-hop removal before the handler sees a request,
 //! the lingering close, metrics, and the graceful shutdown.
 //!
+//! HTTP/1.1 always; HTTP/2 as well on a TLS listener built with [`Server::http2`], chosen
+//! by the client through ALPN (RFC 7301; `h2` preferred, `http/1.1` still offered). An h2
+//! connection gets the h2 counterparts of the HTTP/1 protections
+//! ([`crate::accept::http2_server`]: keep-alive ping, header-block cap, stream cap) and
+//! the same cap, drain, hop-by-hop removal, `CONNECT` refusal and metrics; the head guard
+//! and the lingering close are HTTP/1 matters (h2 frames its messages itself) and apply to
+//! HTTP/1 connections only.
+//!
 //! Per request: the guard's verdict is checked (a refused head is answered with 400 and
 //! `Connection: close`, and never reaches the handler; so is `CONNECT`, with 405), the
 //! hop-by-hop headers are removed, the handler runs, and the metrics (when given) count the
@@ -118,14 +126,19 @@ pub struct Server<H> {
     limits: Limits,
     metrics: Option<Arc<ProxyMetrics>>,
     tls: Option<TlsAcceptor>,
+    http2: bool,
 }
+
+/// The protocol names offered by ALPN (RFC 7301) when HTTP/2 is on, preferred first.
+const ALPN_H2: &[u8] = b"h2";
+const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 impl<H: Handler> Server<H> {
     /// Plain HTTP/1.1 with `limits`: [`Limits::max_connections`] open at once,
     /// [`Limits::header_read_timeout`] per head, [`Limits::max_header_bytes`] per head,
     /// [`Limits::grace_period`] to drain at shutdown. `name` labels its log lines.
     pub fn new(name: &'static str, handler: Arc<H>, limits: Limits) -> Self {
-        Self { name, handler, limits, metrics: None, tls: None }
+        Self { name, handler, limits, metrics: None, tls: None, http2: false }
     }
 
     /// Counts every request in `metrics` (status, time to response head, in flight).
@@ -144,6 +157,17 @@ impl<H: Handler> Server<H> {
         self
     }
 
+    /// Offers HTTP/2 besides HTTP/1.1 on a TLS listener: ALPN then lists `h2` first and
+    /// `http/1.1` (replacing the acceptor's own list), and a client that picks `h2` has its
+    /// requests multiplexed on one connection (what the API server's webhook client does,
+    /// instead of opening a TLS connection per concurrent review). No effect without
+    /// [`Server::tls`]: a plain listener stays HTTP/1.1 (no h2c).
+    #[must_use]
+    pub fn http2(mut self, on: bool) -> Self {
+        self.http2 = on;
+        self
+    }
+
     /// [`Server::tls`] when `acceptor` is set.
     #[must_use]
     pub fn maybe_tls(self, acceptor: Option<TlsAcceptor>) -> Self {
@@ -159,7 +183,11 @@ impl<H: Handler> Server<H> {
     /// are open at once (from accept, through the TLS handshake, to close); more are closed
     /// at accept.
     pub async fn serve<L: Listener>(self, listener: L, shutdown: impl Future<Output = ()> + Send) {
-        let Self { name, handler, limits, metrics, tls } = self;
+        let Self { name, handler, limits, metrics, tls, http2 } = self;
+        let tls = match tls {
+            Some(acceptor) if http2 => Some(with_h2_alpn(&acceptor)),
+            other => other,
+        };
         let graceful = GracefulShutdown::new();
         let cap = ConnCap::new(name, limits.max_connections);
         let mut shutdown = std::pin::pin!(shutdown);
@@ -171,8 +199,7 @@ impl<H: Handler> Server<H> {
             let (handler, metrics) = (handler.clone(), metrics.clone());
             match &tls {
                 None => {
-                    let connection =
-                        serve_connection(io, handler, &limits, metrics, graceful.watcher());
+                    let connection = serve_http1(io, handler, &limits, metrics, graceful.watcher());
                     tokio::spawn(async move {
                         connection.await;
                         drop(slot);
@@ -186,8 +213,11 @@ impl<H: Handler> Server<H> {
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
                         match handshake.await {
+                            Ok(Ok(io)) if io.get_ref().1.alpn_protocol() == Some(ALPN_H2) => {
+                                serve_http2(io, handler, &limits, metrics, watcher).await;
+                            }
                             Ok(Ok(io)) => {
-                                serve_connection(io, handler, &limits, metrics, watcher).await;
+                                serve_http1(io, handler, &limits, metrics, watcher).await;
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(listener = name, %error, "TLS handshake failed");
@@ -209,6 +239,14 @@ impl<H: Handler> Server<H> {
             tracing::warn!(listener = name, "grace period over: closing the remaining connections");
         }
     }
+}
+
+/// `acceptor` with its ALPN list set to `h2`, `http/1.1` (the rest of its configuration,
+/// certificate resolver included, shared).
+fn with_h2_alpn(acceptor: &TlsAcceptor) -> TlsAcceptor {
+    let mut config = rustls::ServerConfig::clone(acceptor.config());
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// The proxy data port in one call: [`Server`] named `data`, plain HTTP, counting in
@@ -356,29 +394,38 @@ impl<B: Body> Body for Tracked<B> {
     }
 }
 
-fn refuse<B: From<Bytes>>(error: ApiError) -> Response<B> {
+fn refuse<B: From<Bytes>>(error: ApiError, http1: bool) -> Response<B> {
     let mut response: Response<B> = error.to_response();
-    // After a framing problem nothing else on this connection can be trusted.
-    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    // After a framing problem nothing else on this connection can be trusted. (HTTP/2 has
+    // no such header: RFC 9113 §8.2.2; its streams do not share framing.)
+    if http1 {
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
+/// One request: `guard` is the HTTP/1 connection's head guard, `None` on HTTP/2.
 async fn one_request<H: Handler>(
     handler: &H,
-    guard: &Mutex<HeadGuard>,
+    guard: Option<&Mutex<HeadGuard>>,
     metrics: Option<&ProxyMetrics>,
     req: Request<Incoming>,
 ) -> Response<Tracked<H::Body>> {
     let start = Instant::now();
     let in_flight = metrics.map(ProxyMetrics::start);
-    let verdict = guard.lock().unwrap_or_else(PoisonError::into_inner).next_verdict();
+    let verdict =
+        guard.map_or(Ok(()), |g| g.lock().unwrap_or_else(PoisonError::into_inner).next_verdict());
+    let http1 = guard.is_some();
     let response = match verdict {
         Err(error) => {
             tracing::warn!(%error, method = %req.method(), "refused an ambiguous request head");
             handler.refused(Refusal::MalformedHead);
-            refuse(ApiError::bad_request(format!(
-                "request refused: {error}; send a well-formed HTTP/1.1 request"
-            )))
+            refuse(
+                ApiError::bad_request(format!(
+                    "request refused: {error}; send a well-formed HTTP/1.1 request"
+                )),
+                http1,
+            )
         }
         Ok(()) if req.method() == Method::CONNECT => {
             handler.refused(Refusal::Connect);
@@ -389,6 +436,7 @@ async fn one_request<H: Handler>(
                     "CONNECT is not supported: send requests to this server directly",
                 )
                 .retry(crate::error::Retry::Never),
+                http1,
             )
         }
         Ok(()) => {
@@ -405,10 +453,10 @@ async fn one_request<H: Handler>(
     response.map(|inner| Tracked { inner, in_flight })
 }
 
-/// Serves one accepted (and, for TLS, handshaken) connection until it closes: head guard,
-/// header-read deadline, per-request handling, lingering close, registered with the
+/// Serves one accepted (and, for TLS, handshaken) HTTP/1 connection until it closes: head
+/// guard, header-read deadline, per-request handling, lingering close, registered with the
 /// shutdown through `watcher`.
-fn serve_connection<I, H>(
+fn serve_http1<I, H>(
     io: I,
     handler: Arc<H>,
     limits: &Limits,
@@ -423,7 +471,9 @@ where
     let io = TokioIo::new(GuardedIo::new(io, guard.clone(), limits));
     let service = service_fn(move |req| {
         let (handler, guard, metrics) = (handler.clone(), guard.clone(), metrics.clone());
-        async move { Ok::<_, Infallible>(one_request(&*handler, &guard, metrics.as_deref(), req).await) }
+        async move {
+            Ok::<_, Infallible>(one_request(&*handler, Some(&guard), metrics.as_deref(), req).await)
+        }
     });
     let connection = watcher.watch(
         crate::accept::http1_server(limits.header_read_timeout, limits.max_header_bytes)
@@ -432,6 +482,35 @@ where
     async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "client connection ended with an error");
+        }
+    }
+}
+
+/// Serves one HTTP/2 connection (negotiated by ALPN) until it closes: the h2 limits of
+/// [`crate::accept::http2_server`], per-request handling on each stream, registered with
+/// the shutdown through `watcher` (a drain sends GOAWAY and lets open streams finish).
+fn serve_http2<I, H>(
+    io: I,
+    handler: Arc<H>,
+    limits: &Limits,
+    metrics: Option<Arc<ProxyMetrics>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let service = service_fn(move |req| {
+        let (handler, metrics) = (handler.clone(), metrics.clone());
+        async move { Ok::<_, Infallible>(one_request(&*handler, None, metrics.as_deref(), req).await) }
+    });
+    let connection = watcher.watch(
+        crate::accept::http2_server(limits.header_read_timeout, limits.max_header_bytes)
+            .serve_connection(TokioIo::new(io), service),
+    );
+    async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "client HTTP/2 connection ended with an error");
         }
     }
 }

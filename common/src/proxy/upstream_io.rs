@@ -21,13 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Facts about one upstream connection that outlive a failed request on it; found through
-/// the connection's metadata ([`Connected::extra`], read back with hyper-util's
-/// `capture_connection`).
+/// Facts about one upstream connection that outlive a failed request on it; the client
+/// keeps an `Arc` of them beside the connection's `SendRequest`.
 #[derive(Debug, Default)]
 pub struct ConnFacts {
     unsent: AtomicBool,
@@ -41,18 +39,15 @@ impl ConnFacts {
     }
 }
 
-/// The [`Connected::extra`] value that carries [`ConnFacts`].
-#[derive(Debug, Clone)]
-pub struct ConnMark(pub Arc<ConnFacts>);
+/// A connection as hyper sees it: `T` is a tokio socket, or TLS over one; see the module
+/// docs for what the wrapper changes.
+pub type Tracked<T> = TokioIo<UpstreamIo<T>>;
 
-/// A connection as hyper sees it: `T` is the connector's hyper IO (a socket, or TLS over
-/// one); see the module docs for what the wrapper changes.
-pub type Tracked<T> = TokioIo<UpstreamIo<TokioIo<T>>>;
-
-/// Wraps a connector's connection (see [`Tracked`]).
+/// Wraps a new connection (see [`Tracked`]); the facts are also reachable through
+/// [`UpstreamIo::facts`].
 pub fn track<T>(io: T) -> Tracked<T> {
     TokioIo::new(UpstreamIo {
-        inner: TokioIo::new(io),
+        inner: io,
         facts: Arc::new(ConnFacts::default()),
         answered: false,
         sent_since_answer: 0,
@@ -83,6 +78,13 @@ fn closed_by_peer(error: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::NotConnected
     )
+}
+
+impl<T> UpstreamIo<T> {
+    /// This connection's facts, shared with whoever holds the `Arc`.
+    pub fn facts(&self) -> &Arc<ConnFacts> {
+        &self.facts
+    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> UpstreamIo<T> {
@@ -216,37 +218,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for UpstreamIo<T> {
     }
 }
 
-impl<T: Connection> Connection for UpstreamIo<TokioIo<T>> {
-    fn connected(&self) -> Connected {
-        self.inner.inner().connected().extra(ConnMark(self.facts.clone()))
-    }
-}
-
-/// A connector whose connections are [`Tracked`].
-#[derive(Clone)]
-pub struct TrackConnector<C>(pub C);
-
-impl<C> tower_service::Service<http::Uri> for TrackConnector<C>
-where
-    C: tower_service::Service<http::Uri>,
-    C::Future: Send + 'static,
-    C::Response: Send + 'static,
-{
-    type Response = Tracked<C::Response>;
-    type Error = C::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move { connecting.await.map(track) })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +229,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_idle_connection_is_found_before_the_request_leaves() {
         let (client, mut server) = UnixStream::pair().unwrap();
-        let mut io = track(TokioIo::new(client));
+        let mut io = track(client);
         let facts = io.inner().facts.clone();
         io.inner_mut().write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
@@ -278,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn after_the_server_stops_reading_its_answer_is_still_read() {
         let (client, mut server) = UnixStream::pair().unwrap();
-        let mut io = track(TokioIo::new(client));
+        let mut io = track(client);
         let facts = io.inner().facts.clone();
         io.inner_mut()
             .write_all(b"POST / HTTP/1.1\r\ncontent-length: 99999999\r\n\r\n")

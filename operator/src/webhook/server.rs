@@ -12,14 +12,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::config::OperatorConfig;
@@ -34,40 +37,58 @@ const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
 const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
 pub const PATH_NAMESPACE: &str = "/mutate/namespace";
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The webhook's and the token service's counters: the families
+/// `sanctum_webhook_reviews_total{outcome}` and `sanctum_token_service_requests_total{outcome}`
+/// and their counters, resolved once (the outcomes are fixed).
+#[derive(Debug)]
 pub struct Counters {
-    pub injected: AtomicU64,
-    pub skipped: AtomicU64,
-    pub refused: AtomicU64,
-    pub bad_requests: AtomicU64,
-    pub trats_minted: AtomicU64,
-    pub trats_refused: AtomicU64,
+    reviews: Family<OutcomeLabels, Counter>,
+    trat_requests: Family<OutcomeLabels, Counter>,
+    pub injected: Counter,
+    pub skipped: Counter,
+    pub refused: Counter,
+    pub bad_requests: Counter,
+    pub trats_minted: Counter,
+    pub trats_refused: Counter,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let reviews = Family::<OutcomeLabels, Counter>::default();
+        let trat_requests = Family::<OutcomeLabels, Counter>::default();
+        let review = |outcome| reviews.get_or_create_owned(&OutcomeLabels { outcome });
+        let trat = |outcome| trat_requests.get_or_create_owned(&OutcomeLabels { outcome });
+        Self {
+            injected: review("injected"),
+            skipped: review("skipped"),
+            refused: review("refused"),
+            bad_requests: review("bad_request"),
+            trats_minted: trat("minted"),
+            trats_refused: trat("refused"),
+            reviews,
+            trat_requests,
+        }
+    }
 }
 
 impl Counters {
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(out, "# TYPE sanctum_webhook_reviews_total counter");
-        for (outcome, c) in [
-            ("injected", &self.injected),
-            ("skipped", &self.skipped),
-            ("refused", &self.refused),
-            ("bad_request", &self.bad_requests),
-        ] {
-            let _ = writeln!(
-                out,
-                "sanctum_webhook_reviews_total{{outcome=\"{outcome}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(out, "# TYPE sanctum_token_service_requests_total counter");
-        for (outcome, c) in [("minted", &self.trats_minted), ("refused", &self.trats_refused)] {
-            let _ = writeln!(
-                out,
-                "sanctum_token_service_requests_total{{outcome=\"{outcome}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
+    /// Adds both families to the process's registry.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sanctum_webhook_reviews",
+            "Admission reviews answered, by outcome.",
+            self.reviews.clone(),
+        );
+        registry.register(
+            "sanctum_token_service_requests",
+            "Token service exchanges, by outcome.",
+            self.trat_requests.clone(),
+        );
     }
 }
 
@@ -159,7 +180,7 @@ async fn mutate(state: &WebhookState, req: Request<Incoming>, opt_in: OptIn) -> 
     let body = match read_body(req, MAX_REVIEW_BYTES).await {
         Ok(b) => b,
         Err(r) => {
-            state.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            state.counters.bad_requests.inc();
             return r;
         }
     };
@@ -171,7 +192,7 @@ async fn mutate(state: &WebhookState, req: Request<Incoming>, opt_in: OptIn) -> 
                 "refused" => &state.counters.refused,
                 _ => &state.counters.skipped,
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.inc();
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             if answer.outcome == "skipped" || answer.outcome == "ignored" {
                 tracing::debug!(outcome = answer.outcome, namespace = %answer.namespace, name = %answer.name, reason = answer.message.as_deref().unwrap_or(""), micros, "admission review");
@@ -187,7 +208,7 @@ async fn mutate(state: &WebhookState, req: Request<Incoming>, opt_in: OptIn) -> 
             }
         }
         Err(bad) => {
-            state.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            state.counters.bad_requests.inc();
             tracing::warn!(error = %bad, "bad admission request");
             plain(StatusCode::BAD_REQUEST, &bad.to_string())
         }
@@ -219,14 +240,14 @@ async fn trat(state: &WebhookState, req: Request<Incoming>) -> Resp {
     if let Err(r) = read_body(req, MAX_TOKEN_REQUEST_BYTES).await {
         return r;
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = sanctum_common::time::now_unix();
     match service.exchange(&token, now).await {
         Ok((token, exp)) => {
-            state.counters.trats_minted.fetch_add(1, Ordering::Relaxed);
+            state.counters.trats_minted.inc();
             json(200, token_service::success_body(&token, exp))
         }
         Err(error) => {
-            state.counters.trats_refused.fetch_add(1, Ordering::Relaxed);
+            state.counters.trats_refused.inc();
             tracing::warn!(%error, "TraT refused");
             json(error.status(), token_service::error_body(&error))
         }
@@ -330,5 +351,11 @@ pub async fn serve_with(
         });
     }
     // The webhook and the token service are reachable from every pod of the cluster.
-    Server::new("webhook", state, limits).tls(tls.acceptor).serve(tls.listener, shutdown).await;
+    // HTTP/2 by ALPN: the API server then multiplexes its reviews on one connection instead
+    // of a TLS handshake per concurrent review during a burst of pod creations.
+    Server::new("webhook", state, limits)
+        .tls(tls.acceptor)
+        .http2(true)
+        .serve(tls.listener, shutdown)
+        .await;
 }
