@@ -36,7 +36,6 @@ pub(crate) async fn forward(
             let answer = provider.answer(&mut head);
             let status = head.status.as_u16();
             audit.status = status;
-            gw.metrics.request(status);
             let finish = Finish { gw: gw.clone(), run, audit, start };
             Response::from_parts(head, GatewayBody::metered(body, answer, finish))
         }

@@ -3,7 +3,7 @@
 //! request pipeline that uses them is [`crate::pipeline`].
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sanctum_common::TratClaims;
 use sanctum_common::proxy::ProxyMetrics;
@@ -20,15 +20,7 @@ use super::tokencache::TokenCache;
 use super::trat::TratPolicy;
 use super::unsettled::Unsettled;
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use sanctum_common::time::{now_ms, now_unix};
 
 pub struct Settings {
     pub svid: SvidPolicy,

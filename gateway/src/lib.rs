@@ -47,6 +47,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::Full;
+use sanctum_common::metrics::{FnCounter, FnGauge, Registry};
 use sanctum_common::proxy::{Limits, ProxyMetrics, Upstream, UpstreamClient};
 use sanctum_common::telemetry::{self, LogFormat};
 use sanctum_common::{admin, defaults};
@@ -209,24 +210,56 @@ pub struct Options {
     pub log_format: LogFormat,
 }
 
-/// Runs the gateway until SIGTERM; `Err` only if it could not start.
+/// Runs the gateway until SIGTERM; `Err` only if it could not start (the binary reports it
+/// on one line with [`sanctum_common::exit::report`]).
 pub fn run(args: Options) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let result = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(main(args));
-    if let Err(e) = result {
-        // One line on standard error, whatever RUST_BACKTRACE says (the design's exit
-        // contract): the whole chain of causes, joined.
-        eprintln!("sanctum-gateway: {e:#}");
-        std::process::exit(1);
-    }
-    Ok(())
+        .block_on(main(args))
 }
 
-struct Admin(Arc<Gateway>);
+/// The admin port's state: the gateway and the process's one metrics registry.
+struct Admin(Arc<Gateway>, Registry);
+
+impl Admin {
+    /// Registers the gateway's metrics: its own families, the server shell's proxy metrics
+    /// (`sanctum_gateway_proxy_*`), and the sizes read at scrape time.
+    fn new(gw: Arc<Gateway>) -> Self {
+        let mut registry = Registry::default();
+        gw.metrics.register(&mut registry);
+        gw.proxy_metrics.register(&mut registry);
+        let size = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let g = gw.clone();
+        registry.register(
+            "sanctum_gateway_revoked_txns",
+            "Revoked runs in the current list.",
+            FnGauge::new(move || size(g.revocations.len())),
+        );
+        let g = gw.clone();
+        registry.register(
+            "sanctum_gateway_body_bytes_in_flight",
+            "Request-body bytes held in memory.",
+            FnGauge::new(move || size(g.inflight.held(None))),
+        );
+        let g = gw.clone();
+        registry.register(
+            "sanctum_gateway_unsettled_charges",
+            "Request charges the state store has not recorded yet (retrying; their runs are \
+             refused meanwhile).",
+            FnGauge::new(move || size(g.unsettled.len())),
+        );
+        let g = gw.clone();
+        registry.register(
+            "sanctum_gateway_audit_dropped",
+            "Audit lines that could not be written.",
+            FnCounter::new(move || g.audit.dropped.load(std::sync::atomic::Ordering::Relaxed)),
+        );
+        Self(gw, registry)
+    }
+}
 
 impl admin::AdminState for Admin {
     async fn ready(&self) -> Result<(), String> {
@@ -250,36 +283,8 @@ impl admin::AdminState for Admin {
         gw.state.ping().await.map_err(|e| e.to_string())
     }
 
-    fn metrics(&self, out: &mut String) {
-        let gw = &self.0;
-        gw.metrics.render(out);
-        gw.proxy_metrics.render(out);
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_gateway_revoked_txns Revoked runs in the current list.\n\
-             # TYPE sanctum_gateway_revoked_txns gauge\nsanctum_gateway_revoked_txns {}",
-            gw.revocations.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_gateway_body_bytes_in_flight Request-body bytes held in memory.\n\
-             # TYPE sanctum_gateway_body_bytes_in_flight gauge\nsanctum_gateway_body_bytes_in_flight {}",
-            gw.inflight.held(None)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_gateway_unsettled_charges Request charges the state store has not \
-             recorded yet (retrying; their runs are refused meanwhile).\n\
-             # TYPE sanctum_gateway_unsettled_charges gauge\nsanctum_gateway_unsettled_charges {}",
-            gw.unsettled.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_gateway_audit_dropped_total Audit lines that could not be written.\n\
-             # TYPE sanctum_gateway_audit_dropped_total counter\nsanctum_gateway_audit_dropped_total {}",
-            gw.audit.dropped.load(std::sync::atomic::Ordering::Relaxed)
-        );
+    fn metrics(&self) -> &Registry {
+        &self.1
     }
 
     fn route(&self, _path: &str) -> Option<http::Response<Full<Bytes>>> {
@@ -418,12 +423,13 @@ async fn main(args: Options) -> anyhow::Result<()> {
         "sanctum gateway serving"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(admin_listener, Arc::new(Admin(gw.clone())), {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.changed().await;
-        }
-    }));
+    let admin_task =
+        tokio::spawn(admin::serve(admin_listener, Arc::new(Admin::new(gw.clone())), {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.changed().await;
+            }
+        }));
     server::serve(gw.clone(), listener, tls, limits, async {
         sanctum_common::proxy::server::shutdown_signal().await;
     })

@@ -3,6 +3,9 @@
 
 use clap::Parser as _;
 
-fn main() -> anyhow::Result<()> {
-    sanctum_gateway::run(sanctum_gateway::Options::parse())
+fn main() -> std::process::ExitCode {
+    sanctum_common::exit::report(
+        "sanctum-gateway",
+        sanctum_gateway::run(sanctum_gateway::Options::parse()),
+    )
 }

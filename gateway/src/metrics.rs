@@ -1,212 +1,224 @@
-//! Gateway metrics in Prometheus text: requests by status, rejections by reason, tokens in
-//! all, and — only with `--metrics-tenant-labels` — tokens per org and per run. Anyone who
-//! can reach the admin port reads these, so org ids, run ids and each org's usage are off
-//! by default (issue 12 item 17). Per-run series are dropped once the run's TraT has
-//! expired, so their number stays bounded by the runs alive.
+//! Gateway metrics, `prometheus-client` families in the gateway's one registry: rejections
+//! by reason, DLP matches, tokens in all, and — only with `--metrics-tenant-labels` —
+//! tokens per org and per run. Anyone who can reach the admin port reads these, so org ids,
+//! run ids and each org's usage are off by default (issue 12 item 17). Per-run series are
+//! dropped once the run's TraT has expired, so their number stays bounded by the runs alive.
+//!
+//! Requests by HTTP status are the server shell's `sanctum_gateway_proxy_requests_total`
+//! ([`sanctum_common::proxy::ProxyMetrics`]), which sees every answer once.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use sanctum_common::metrics::{FnCounter, FnGauge};
+
 use super::usage::Usage;
 
-#[derive(Default, Clone, Copy)]
-struct Tokens {
-    input: u64,
-    output: u64,
-    cache_creation: u64,
-    cache_read: u64,
-    requests: u64,
+/// Token kinds, the `kind` label values, in [`kinds`] order.
+const KINDS: [&str; 4] = ["input", "output", "cache_creation", "cache_read"];
+
+fn kinds(u: &Usage) -> [u64; 4] {
+    [u.input_tokens, u.output_tokens, u.cache_creation_input_tokens, u.cache_read_input_tokens]
 }
 
-impl Tokens {
-    fn add(&mut self, u: &Usage) {
-        self.input += u.input_tokens;
-        self.output += u.output_tokens;
-        self.cache_creation += u.cache_creation_input_tokens;
-        self.cache_read += u.cache_read_input_tokens;
-        self.requests += 1;
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
-#[derive(Default)]
-struct Inner {
-    by_status: BTreeMap<u16, u64>,
-    rejections: BTreeMap<&'static str, u64>,
-    dlp: BTreeMap<(String, &'static str), u64>,
-    all: Tokens,
-    orgs: BTreeMap<String, Tokens>,
-    runs: HashMap<String, (String, Tokens, u64)>, // txn → (org, tokens, keep until)
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DlpLabels {
+    rule: String,
+    action: &'static str,
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgKindLabels {
+    org: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgLabels {
+    org: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunKindLabels {
+    txn: String,
+    org: String,
+    kind: &'static str,
+}
+
 pub struct Metrics {
-    inner: Mutex<Inner>,
-    /// Whether per-org and per-run series (tenant labels) are kept and rendered.
+    /// Whether per-org and per-run series (tenant labels) are kept and registered.
     pub tenant_labels: bool,
-    pub in_flight: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
+    // Plain atomics the pipeline bumps, read at scrape time (shared with the registry).
+    pub in_flight: Arc<AtomicU64>,
+    pub upstream_errors: Arc<AtomicU64>,
+    pub cache_hits: Arc<AtomicU64>,
+    pub cache_misses: Arc<AtomicU64>,
+    rejections: Family<ReasonLabels, Counter>,
+    dlp: Family<DlpLabels, Counter>,
+    tokens: Family<KindLabels, Counter>,
+    /// `tokens`' counters, resolved once, in [`KINDS`] order.
+    tokens_by_kind: [Counter; 4],
+    settled: Counter,
+    org_tokens: Family<OrgKindLabels, Counter>,
+    org_requests: Family<OrgLabels, Counter>,
+    run_tokens: Family<RunKindLabels, Counter>,
+    /// txn → (org, keep until): which per-run series to drop, and when.
+    runs: Mutex<HashMap<String, (String, u64)>>,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(false)
+    }
 }
 
 impl Metrics {
     /// Metrics with or without per-org and per-run series.
     pub fn new(tenant_labels: bool) -> Self {
-        Self { tenant_labels, ..Self::default() }
+        let tokens = Family::<KindLabels, Counter>::default();
+        let tokens_by_kind = KINDS.map(|kind| tokens.get_or_create_owned(&KindLabels { kind }));
+        Self {
+            tenant_labels,
+            in_flight: Arc::default(),
+            upstream_errors: Arc::default(),
+            cache_hits: Arc::default(),
+            cache_misses: Arc::default(),
+            rejections: Family::default(),
+            dlp: Family::default(),
+            tokens,
+            tokens_by_kind,
+            settled: Counter::default(),
+            org_tokens: Family::default(),
+            org_requests: Family::default(),
+            run_tokens: Family::default(),
+            runs: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn request(&self, status: u16) {
-        *self.lock().by_status.entry(status).or_default() += 1;
-    }
-
+    /// Counts one refused request under its reason (a `Reason` label).
     pub fn rejection(&self, reason: &'static str) {
-        *self.lock().rejections.entry(reason).or_default() += 1;
+        self.rejections.get_or_create(&ReasonLabels { reason }).inc();
     }
 
+    /// Counts one DLP match of `rule` and what was done (`block`, `redact`).
     pub fn dlp(&self, rule: &str, action: &'static str) {
-        *self.lock().dlp.entry((rule.to_owned(), action)).or_default() += 1;
+        self.dlp.get_or_create(&DlpLabels { rule: rule.to_owned(), action }).inc();
     }
 
+    /// Counts a settled request's tokens; per org and per run (until `keep_until`, unix
+    /// seconds) too with tenant labels.
     pub fn tokens(&self, org: &str, txn: &str, keep_until: u64, usage: &Usage) {
-        let mut inner = self.lock();
-        inner.all.add(usage);
+        let counts = kinds(usage);
+        for (counter, n) in self.tokens_by_kind.iter().zip(counts) {
+            counter.inc_by(n);
+        }
+        self.settled.inc();
         if !self.tenant_labels {
             return;
         }
-        inner.orgs.entry(org.to_owned()).or_default().add(usage);
-        let run = inner
-            .runs
-            .entry(txn.to_owned())
-            .or_insert_with(|| (org.to_owned(), Tokens::default(), 0));
-        run.1.add(usage);
-        run.2 = run.2.max(keep_until);
+        for (kind, n) in KINDS.into_iter().zip(counts) {
+            self.org_tokens.get_or_create(&OrgKindLabels { org: org.to_owned(), kind }).inc_by(n);
+            self.run_tokens
+                .get_or_create(&RunKindLabels { txn: txn.to_owned(), org: org.to_owned(), kind })
+                .inc_by(n);
+        }
+        self.org_requests.get_or_create(&OrgLabels { org: org.to_owned() }).inc();
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let run = runs.entry(txn.to_owned()).or_insert_with(|| (org.to_owned(), 0));
+        run.1 = run.1.max(keep_until);
     }
 
+    /// Drops the per-run series of runs whose TraT expired by `now` (unix seconds).
     pub fn prune(&self, now: u64) {
-        self.lock().runs.retain(|_, (_, _, keep)| *keep > now);
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.retain(|txn, (org, keep)| {
+            if *keep > now {
+                return true;
+            }
+            for kind in KINDS {
+                self.run_tokens.remove(&RunKindLabels { txn: txn.clone(), org: org.clone(), kind });
+            }
+            false
+        });
     }
 
-    pub fn render(&self, out: &mut String) {
-        let inner = self.lock();
-        out.push_str("# HELP sanctum_gateway_requests_total Requests answered, by HTTP status.\n");
-        out.push_str("# TYPE sanctum_gateway_requests_total counter\n");
-        for (status, n) in &inner.by_status {
-            let _ = writeln!(out, "sanctum_gateway_requests_total{{status=\"{status}\"}} {n}");
-        }
-        out.push_str("# HELP sanctum_gateway_rejections_total Requests the gateway refused, by failed check.\n");
-        out.push_str("# TYPE sanctum_gateway_rejections_total counter\n");
-        for (reason, n) in &inner.rejections {
-            let _ = writeln!(out, "sanctum_gateway_rejections_total{{reason=\"{reason}\"}} {n}");
-        }
-        out.push_str("# HELP sanctum_gateway_dlp_matches_total DLP matches, by rule and action.\n");
-        out.push_str("# TYPE sanctum_gateway_dlp_matches_total counter\n");
-        for ((rule, action), n) in &inner.dlp {
-            let _ = writeln!(
-                out,
-                "sanctum_gateway_dlp_matches_total{{rule=\"{}\",action=\"{action}\"}} {n}",
-                escape(rule)
-            );
-        }
-        let kinds = |t: &Tokens| {
-            [
-                ("input", t.input),
-                ("output", t.output),
-                ("cache_creation", t.cache_creation),
-                ("cache_read", t.cache_read),
-            ]
-        };
-        out.push_str("# HELP sanctum_gateway_tokens_total Tokens used, by kind.\n");
-        out.push_str("# TYPE sanctum_gateway_tokens_total counter\n");
-        for (kind, n) in kinds(&inner.all) {
-            let _ = writeln!(out, "sanctum_gateway_tokens_total{{kind=\"{kind}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sanctum_gateway_settled_requests_total Settled requests.\n\
-             # TYPE sanctum_gateway_settled_requests_total counter\n\
-             sanctum_gateway_settled_requests_total {}",
-            inner.all.requests
+    /// Adds these metrics to the gateway's registry: the families, and the atomics read at
+    /// scrape time.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sanctum_gateway_rejections",
+            "Requests the gateway refused, by failed check.",
+            self.rejections.clone(),
         );
-        if !self.tenant_labels {
-            drop(inner);
-            self.render_gauges(out);
-            return;
-        }
-        out.push_str("# HELP sanctum_gateway_org_tokens_total Tokens used, by org and kind.\n");
-        out.push_str("# TYPE sanctum_gateway_org_tokens_total counter\n");
-        for (org, t) in &inner.orgs {
-            for (kind, n) in kinds(t) {
-                let _ = writeln!(
-                    out,
-                    "sanctum_gateway_org_tokens_total{{org=\"{}\",kind=\"{kind}\"}} {n}",
-                    escape(org)
-                );
-            }
-        }
-        out.push_str("# HELP sanctum_gateway_org_requests_total Settled requests, by org.\n");
-        out.push_str("# TYPE sanctum_gateway_org_requests_total counter\n");
-        for (org, t) in &inner.orgs {
-            let _ = writeln!(
-                out,
-                "sanctum_gateway_org_requests_total{{org=\"{}\"}} {}",
-                escape(org),
-                t.requests
+        registry.register(
+            "sanctum_gateway_dlp_matches",
+            "DLP matches, by rule and action.",
+            self.dlp.clone(),
+        );
+        registry.register("sanctum_gateway_tokens", "Tokens used, by kind.", self.tokens.clone());
+        registry.register(
+            "sanctum_gateway_settled_requests",
+            "Settled requests.",
+            self.settled.clone(),
+        );
+        if self.tenant_labels {
+            registry.register(
+                "sanctum_gateway_org_tokens",
+                "Tokens used, by org and kind.",
+                self.org_tokens.clone(),
+            );
+            registry.register(
+                "sanctum_gateway_org_requests",
+                "Settled requests, by org.",
+                self.org_requests.clone(),
+            );
+            registry.register(
+                "sanctum_gateway_run_tokens",
+                "Tokens used, by run (txn) and kind; runs alive only.",
+                self.run_tokens.clone(),
             );
         }
-        out.push_str("# HELP sanctum_gateway_run_tokens_total Tokens used, by run (txn) and kind; runs alive only.\n");
-        out.push_str("# TYPE sanctum_gateway_run_tokens_total counter\n");
-        let mut runs: Vec<_> = inner.runs.iter().collect();
-        runs.sort_by(|a, b| a.0.cmp(b.0));
-        for (txn, (org, t, _)) in runs {
-            for (kind, n) in kinds(t) {
-                let _ = writeln!(
-                    out,
-                    "sanctum_gateway_run_tokens_total{{txn=\"{}\",org=\"{}\",kind=\"{kind}\"}} {n}",
-                    escape(txn),
-                    escape(org)
-                );
-            }
-        }
-        drop(inner);
-        self.render_gauges(out);
-    }
-
-    fn render_gauges(&self, out: &mut String) {
-        for (name, help, v) in [
-            ("sanctum_gateway_in_flight", "Requests being served now.", &self.in_flight),
-            (
-                "sanctum_gateway_upstream_errors_total",
-                "Provider connections that failed or broke mid-stream.",
-                &self.upstream_errors,
-            ),
-            (
-                "sanctum_gateway_token_cache_hits_total",
-                "Token verifications answered from the cache.",
-                &self.cache_hits,
-            ),
-            (
-                "sanctum_gateway_token_cache_misses_total",
-                "Token verifications that ran the signature check.",
-                &self.cache_misses,
-            ),
-        ] {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
+        let read = |n: &Arc<AtomicU64>| {
+            let n = n.clone();
+            move || n.load(Ordering::Relaxed)
+        };
+        let in_flight = read(&self.in_flight);
+        registry.register(
+            "sanctum_gateway_in_flight",
+            "Requests being served now.",
+            FnGauge::new(move || i64::try_from(in_flight()).unwrap_or(i64::MAX)),
+        );
+        registry.register(
+            "sanctum_gateway_upstream_errors",
+            "Provider connections that failed or broke mid-stream.",
+            FnCounter::new(read(&self.upstream_errors)),
+        );
+        registry.register(
+            "sanctum_gateway_token_cache_hits",
+            "Token verifications answered from the cache.",
+            FnCounter::new(read(&self.cache_hits)),
+        );
+        registry.register(
+            "sanctum_gateway_token_cache_misses",
+            "Token verifications that ran the signature check.",
+            FnCounter::new(read(&self.cache_misses)),
+        );
     }
 }
 
@@ -214,13 +226,19 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn scrape(m: &Metrics) -> String {
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        sanctum_common::metrics::encode(&registry)
+    }
+
     #[test]
     fn tenant_labels_are_off_by_default() {
         let m = Metrics::default();
         m.tokens("acme", "txn-1", 100, &Usage { input_tokens: 5, ..Default::default() });
-        let mut out = String::new();
-        m.render(&mut out);
+        let out = scrape(&m);
         assert!(out.contains("sanctum_gateway_tokens_total{kind=\"input\"} 5"), "{out}");
+        assert!(out.contains("sanctum_gateway_settled_requests_total 1"), "{out}");
         assert!(out.contains("sanctum_gateway_in_flight 0"), "{out}");
         assert!(!out.contains("acme") && !out.contains("txn-1"), "{out}");
     }
@@ -228,25 +246,25 @@ mod tests {
     #[test]
     fn renders_and_prunes() {
         let m = Metrics::new(true);
-        m.request(200);
         m.rejection("svid_expired");
         m.dlp("jwt", "block");
+        m.cache_hits.fetch_add(2, Ordering::Relaxed);
         m.tokens(
             "acme",
             "t\"1",
             100,
             &Usage { input_tokens: 5, output_tokens: 7, ..Default::default() },
         );
-        let mut out = String::new();
-        m.render(&mut out);
-        assert!(out.contains("sanctum_gateway_requests_total{status=\"200\"} 1"));
+        let out = scrape(&m);
         assert!(out.contains("sanctum_gateway_rejections_total{reason=\"svid_expired\"} 1"));
+        assert!(out.contains("sanctum_gateway_dlp_matches_total{rule=\"jwt\",action=\"block\"} 1"));
+        assert!(out.contains("sanctum_gateway_token_cache_hits_total 2"), "{out}");
         assert!(out.contains("sanctum_gateway_org_tokens_total{org=\"acme\",kind=\"output\"} 7"));
-        assert!(out.contains("txn=\"t\\\"1\""));
+        assert!(out.contains("sanctum_gateway_org_requests_total{org=\"acme\"} 1"), "{out}");
+        assert!(out.contains("txn=\"t\\\"1\""), "{out}");
         m.prune(101);
-        let mut out = String::new();
-        m.render(&mut out);
-        assert!(!out.contains("sanctum_gateway_run_tokens_total{"));
+        let out = scrape(&m);
+        assert!(!out.contains("sanctum_gateway_run_tokens_total{"), "{out}");
         assert!(out.contains("org=\"acme\""));
     }
 }

@@ -145,7 +145,6 @@ impl Gateway {
         audit.status = status;
         audit.rejected = Some(rejection.reason);
         audit.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-        self.metrics.request(status);
         self.metrics.rejection(rejection.reason.label());
         tracing::info!(
             request_id = %audit.request_id,

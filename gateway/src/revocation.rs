@@ -1,10 +1,11 @@
 //! The operator's revoked-run list (`GET <operator admin>/revoked`):
 //! `{"revoked":[{"txn":"…","exp":1700000000}]}`. `exp` is when that TraT would have expired
-//! anyway, so entries past it are pruned: an expired TraT is refused on `exp` alone.
+//! anyway, so entries past it are pruned: an expired TraT is refused on `exp` alone. The
+//! document is the wire contract [`sanctum_common::revoked::RevokedList`].
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use sanctum_common::revoked::RevokedList;
 use thiserror::Error;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,23 +20,12 @@ pub struct RevokedParseError(String);
 
 impl RevokedSet {
     pub fn parse(bytes: &[u8], now: u64) -> Result<Self, RevokedParseError> {
-        #[derive(Deserialize)]
-        struct Doc {
-            revoked: Vec<Entry>,
-        }
-        #[derive(Deserialize)]
-        struct Entry {
-            txn: String,
-            #[serde(default)]
-            exp: Option<u64>,
-        }
-        let doc: Doc =
-            serde_json::from_slice(bytes).map_err(|e| RevokedParseError(e.to_string()))?;
+        let doc = RevokedList::parse(bytes).map_err(|e| RevokedParseError(e.to_string()))?;
         let txns = doc
             .revoked
             .into_iter()
             // An entry without exp is kept for as long as the operator lists it.
-            .map(|e| (e.txn, e.exp.unwrap_or(u64::MAX)))
+            .map(|e| (e.txn.into_owned(), e.exp.unwrap_or(u64::MAX)))
             .filter(|(_, exp)| *exp >= now)
             .collect();
         Ok(Self { txns })

@@ -23,7 +23,6 @@ impl Handler for Serving {
     }
 
     fn refused(&self, refusal: Refusal) {
-        self.0.metrics.request(refusal.status().as_u16());
         self.0.metrics.rejection(refusal.reason());
     }
 }

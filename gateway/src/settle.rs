@@ -61,7 +61,6 @@ impl Finish {
         audit.status = status;
         audit.rejected = rejected;
         if let Some(reason) = rejected {
-            gw.metrics.request(status);
             gw.metrics.rejection(reason.label());
         }
         audit.incomplete = incomplete;

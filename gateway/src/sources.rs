@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use sanctum_common::proxy::{Limits, ProxyBody, ProxyMetrics, Upstream, UpstreamClient};
+use sanctum_common::time::now_unix;
 
 use super::jwks::KeySet;
 use super::revocation::RevokedSet;
@@ -103,10 +104,6 @@ impl Fetcher {
             .map_err(|e| format!("reading {url}: {e}"))?;
         Ok(body.to_bytes())
     }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Where a JWKS comes from.
