@@ -98,6 +98,8 @@ pub struct WebIdentitySpec {
     pub token_file: PathBuf,
     /// `RoleSessionName`; default `sanctum-gateway`.
     pub session_name: Option<String>,
+    /// STS endpoint base URL; default `https://sts.<region>.amazonaws.com`.
+    pub sts_endpoint: Option<String>,
 }
 
 /// Errors of the gateway config file.

@@ -2,7 +2,9 @@
 //! (what that caller's run may do), scans the body for secrets, holds the run to its token
 //! budget and request rate, adds the org's provider key, and writes one audit line per call.
 //!
-//! One concept per module; `server` is the thin shell that wires them together.
+//! One concept per module: [`pipeline`] is the list of steps a request goes through, each a
+//! small function in the module named after it; [`provider`] is what differs per LLM
+//! provider (Anthropic, Amazon Bedrock); [`server`] serves the pipeline on the shared shell.
 
 pub mod audit;
 pub mod authenticate;
@@ -330,11 +332,15 @@ async fn main(args: Options) -> anyhow::Result<()> {
         rate_per_minute: args.rate_limit_per_minute,
         rate_burst: args.rate_limit_burst,
     };
-    let orgs = Orgs::new(&config, org_defaults, anthropic, |org, _spec| {
-        Err(config::ConfigError::Org {
-            org: org.to_owned(),
-            why: "provider: bedrock is not available in this build yet".into(),
-        })
+    let orgs = Orgs::new(&config, org_defaults, anthropic, |org, spec| {
+        let bedrock = provider::bedrock::Bedrock::new(
+            org,
+            spec,
+            &limits,
+            proxy_metrics.clone(),
+            args.ca_file.as_deref(),
+        )?;
+        Ok(Arc::new(bedrock))
     })?;
     let fetcher = Arc::new(Fetcher::new(args.ca_file.clone()));
     let svid_jwks = Arc::new(

@@ -80,12 +80,6 @@ impl Orgs {
         Ok(Self { default, orgs })
     }
 
-    /// Every org with the built-in config (Anthropic, all models and betas, no server tools).
-    pub fn anthropic_only(defaults: Defaults, anthropic: Arc<dyn Provider>) -> Self {
-        Self::new(&ConfigFile::default(), defaults, anthropic, |_, _| unreachable_bedrock())
-            .unwrap_or_else(|_| unreachable!("the built-in config names no Bedrock org"))
-    }
-
     /// The org's entry (the default entry for an org the file does not list).
     pub fn get(&self, org: &str) -> &Org {
         self.orgs.get(org).unwrap_or(&self.default)
@@ -101,8 +95,4 @@ impl Orgs {
         }
         out
     }
-}
-
-fn unreachable_bedrock() -> Result<Arc<dyn Provider>, ConfigError> {
-    Err(ConfigError::Org { org: "default".into(), why: "no Bedrock provider here".into() })
 }

@@ -57,6 +57,7 @@ impl Gateway {
             return Response::new(GatewayBody::full(Bytes::new()));
         }
         let mut audit = AuditRecord::begin(req.method(), req.uri().path());
+        let request_id = HeaderValue::from_str(&audit.request_id).ok();
         self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut response = match self.admit(req, &mut audit).await {
             Err(rejection) => {
@@ -64,16 +65,10 @@ impl Gateway {
                 self.refuse(rejection, &mut audit, start)
             }
             Ok(Admitted { upstream, provider, run }) => {
-                let request_id = HeaderValue::from_str(&audit.request_id);
-                let mut response =
-                    forward::forward(self, &*provider, upstream, run, audit, start).await;
-                if let Ok(v) = request_id {
-                    response.headers_mut().insert(REQUEST_ID, v);
-                }
-                return response;
+                forward::forward(self, &*provider, upstream, run, audit, start).await
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&audit.request_id) {
+        if let Some(v) = request_id {
             response.headers_mut().insert(REQUEST_ID, v);
         }
         response

@@ -44,6 +44,7 @@
 //!         #   roleArn: arn:aws:iam::123456789012:role/sanctum-bedrock-globex
 //!         #   tokenFile: /var/run/secrets/eks.amazonaws.com/serviceaccount/token
 //!         #   sessionName: sanctum-gateway     # optional
+//!         #   stsEndpoint: https://sts.eu-central-1.amazonaws.com   # optional (the default)
 //! ```
 //!
 //! The Rust shape of this file is [`crate::config`]; the Bedrock adapter takes its
@@ -74,6 +75,7 @@
 //! refreshed in the background by the provider and read here from memory.
 
 pub mod anthropic;
+pub mod bedrock;
 
 use std::sync::Arc;
 
