@@ -190,8 +190,12 @@ fn build(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    sanctum_common::exit::report("sanctum-images", run(Cli::parse()))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Pack(args) => pack(args),
         Command::Build(args) => build(args),
         Command::List { binaries, names } => {

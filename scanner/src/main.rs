@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use sanctum_common::exit;
 use sanctum_scanner::{mcp, run};
 
 const USAGE: &str = "usage: sanctum-scanner [run|mcp]
@@ -17,8 +18,10 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("sanctum-scanner: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return exit::report(
+                "sanctum-scanner",
+                Err(format!("cannot start the async runtime: {e}")),
+            );
         }
     };
     match command {
@@ -30,13 +33,7 @@ fn main() -> ExitCode {
             println!("{}", outcome.summary.to_json());
             ExitCode::from(outcome.exit as u8)
         }
-        "mcp" => match runtime.block_on(mcp::serve_stdio()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sanctum-scanner mcp: {e}");
-                ExitCode::from(1)
-            }
-        },
+        "mcp" => exit::report("sanctum-scanner mcp", runtime.block_on(mcp::serve_stdio())),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
