@@ -8,7 +8,9 @@ mod gateway_support;
 use bytes::Bytes;
 use gateway_support::*;
 use http_body_util::Full;
-use sanctum_testkit::bedrock::{Bedrock, BedrockConfig, EXAMPLE_KEY_ID, EXAMPLE_SECRET};
+use std::time::Duration;
+
+use sanctum_testkit::bedrock::{Bedrock, BedrockConfig, EXAMPLE_KEY_ID, EXAMPLE_SECRET, StsConfig};
 use serde_json::{Value, json};
 
 const MODEL_ID: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
@@ -20,21 +22,26 @@ async fn setup(standin: &Bedrock, secret: &str) -> (Setup, Gateway) {
     std::fs::create_dir(&aws).unwrap();
     std::fs::write(aws.join("aws_access_key_id"), format!("{EXAMPLE_KEY_ID}\n")).unwrap();
     std::fs::write(aws.join("aws_secret_access_key"), format!("{secret}\n")).unwrap();
+    let credentials = format!("secretDir: {}", aws.display());
+    let gw = start(&s, standin, &credentials).await;
+    (s, gw)
+}
+
+/// Starts the gateway with org `acme` on the stand-in, `credentials` its YAML (one line).
+async fn start(s: &Setup, standin: &Bedrock, credentials: &str) -> Gateway {
     let config = s.path("gateway.yaml");
     std::fs::write(
         &config,
         format!(
             "orgs:\n  {ORG}:\n    provider: bedrock\n    bedrock:\n      region: us-east-1\n      \
              endpoint: {}\n      modelIds:\n        claude-sonnet-4-5: '{MODEL_ID}'\n      \
-             credentials:\n        secretDir: {}\n",
+             credentials: {{{credentials}}}\n",
             standin.url(),
-            aws.display()
         ),
     )
     .unwrap();
     // --upstream is Anthropic's, unused by this org: a closed port proves it.
-    let gw = s.gateway("http://127.0.0.1:9", &["--config", config.to_str().unwrap()]).await;
-    (s, gw)
+    s.gateway("http://127.0.0.1:9", &["--config", config.to_str().unwrap()]).await
 }
 
 async fn post(gw: &Gateway, s: &Setup, target: &str, beta: Option<&str>, body: &Value) -> Answer {
@@ -152,4 +159,40 @@ async fn a_stream_exception_becomes_an_sse_error_event() {
     let lines = audit_lines(&s.path("audit.log"), 1).await;
     assert_eq!(lines[0]["incomplete"], true, "{}", lines[0]);
     assert!(lines[0]["charged_tokens"].as_u64().unwrap() >= 100, "{}", lines[0]);
+}
+
+#[tokio::test]
+async fn web_identity_credentials_come_from_sts_and_sign_with_their_session_token() {
+    let role = "arn:aws:iam::123456789012:role/sanctum-bedrock-acme";
+    let cfg = BedrockConfig {
+        keys: Vec::new(), // only what STS hands out is accepted
+        sts: Some(StsConfig {
+            role_arn: role.into(),
+            token: "projected-sa-token".into(),
+            lifetime: Duration::from_secs(3600),
+        }),
+        ..BedrockConfig::default()
+    };
+    let standin = Bedrock::start(cfg).await.unwrap();
+    let s = Setup::new();
+    std::fs::write(s.path("sa-token"), "projected-sa-token\n").unwrap();
+    let credentials = format!(
+        "webIdentity: {{roleArn: '{role}', tokenFile: {}, stsEndpoint: '{}'}}",
+        s.path("sa-token").display(),
+        standin.url()
+    );
+    let gw = start(&s, &standin, &credentials).await;
+    // The refresher calls STS at start; until it answers, requests are 503 and retried.
+    let mut a = post(&gw, &s, "/v1/messages", None, &body(false, "claude-sonnet-4-5")).await;
+    for _ in 0..50 {
+        if a.status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a = post(&gw, &s, "/v1/messages", None, &body(false, "claude-sonnet-4-5")).await;
+    }
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(standin.sts_calls(), 1);
+    let invoke = standin.requests().into_iter().find(|r| r.target.starts_with("/model/")).unwrap();
+    assert!(invoke.header("x-amz-security-token").is_some(), "{:?}", invoke.headers);
 }
