@@ -123,9 +123,9 @@ fn main() {
 }
 
 async fn run(s: &Settings) -> Result<(), String> {
-    procs::kill_all_on_signal();
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
     let dir = dir.path();
+    procs::kill_all_on_signal(dir);
     let (standin, standin_addr) = procs::standin(dir, s.standin_threads).await?;
     let upstream = format!("http://{standin_addr}");
     let headers = subjects::credentials(dir);

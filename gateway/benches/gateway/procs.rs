@@ -11,14 +11,18 @@ use std::time::{Duration, Instant};
 /// (a child in its own group does not get the terminal's SIGINT).
 static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// The run's temporary directory, removed by the signal handler too (`exit` runs no drop).
+static TEMP_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
 fn kill_group(pgid: u32, sig: &str) {
     let _ =
         Command::new("kill").args([sig, "--", &format!("-{pgid}")]).stderr(Stdio::null()).status();
 }
 
-/// Kills every live group, then exits: SIGINT, SIGTERM or SIGHUP of the benchmark leaves no
-/// gateway, stand-in or redis-server behind.
-pub fn kill_all_on_signal() {
+/// Kills every live group, removes `temp_dir`, then exits: SIGINT, SIGTERM or SIGHUP of the
+/// benchmark leaves no gateway, stand-in or redis-server behind.
+pub fn kill_all_on_signal(temp_dir: &Path) {
+    *TEMP_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(temp_dir.to_path_buf());
     use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async {
         let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
@@ -32,6 +36,9 @@ pub fn kill_all_on_signal() {
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {}, _ = hup.recv() => {} }
         for pgid in GROUPS.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             kill_group(pgid, "-KILL");
+        }
+        if let Some(dir) = TEMP_DIR.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
         eprintln!("interrupted: every benchmark process group killed");
         std::process::exit(130);
@@ -82,6 +89,34 @@ impl Proc {
     /// `Some(status)` once the process has exited.
     pub fn exited(&mut self) -> Option<String> {
         self.child.try_wait().ok().flatten().map(|s| s.to_string())
+    }
+
+    /// Waits until `addr` accepts a TCP connection; `Err` (with the exit status and the
+    /// standard error) as soon as the process has exited, or after `limit`.
+    pub async fn wait_listening(
+        &mut self,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.exited() {
+                return Err(format!(
+                    "exited ({status}) before listening on {addr}: {}",
+                    self.stderr_tail()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "not listening on {addr} within {limit:?}: {}",
+                    self.stderr_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGSTOP/SIGCONT of the whole group: only the subject being measured runs, so an idle
@@ -139,18 +174,6 @@ pub fn free_port() -> SocketAddr {
         .expect("bind a loopback port")
 }
 
-/// True once `addr` accepts a TCP connection, false after `limit`.
-pub async fn wait_port(addr: SocketAddr, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// A private `redis-server` (Debian package `redis-server`) on a free loopback port, no
 /// persistence (`--save '' --appendonly no`), as the gateway's Redis tests start it.
 /// `Ok(None)` when it is not installed.
@@ -166,13 +189,10 @@ pub async fn redis(dir: &Path) -> Result<Option<(Proc, String)>, String> {
         .arg("--dir")
         .arg(dir);
     let mut proc_ = Proc::spawn("redis-server", &mut cmd, Some(&dir.join("redis.stderr")))?;
-    if !wait_port(addr, Duration::from_secs(10)).await {
-        let status = proc_.exited().unwrap_or_else(|| "still running".into());
-        return Err(format!(
-            "redis-server did not listen on {addr} within 10 s ({status}): {}",
-            proc_.stderr_tail()
-        ));
-    }
+    proc_
+        .wait_listening(addr, Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("redis-server {e}"))?;
     Ok(Some((proc_, format!("redis://{addr}"))))
 }
 
@@ -188,13 +208,10 @@ pub async fn standin(dir: &Path, threads: usize) -> Result<(Proc, SocketAddr), S
     let mut cmd = Command::new(exe);
     cmd.env(STANDIN_ENV, addr.to_string()).env("TOKIO_WORKER_THREADS", threads.to_string());
     let mut proc_ = Proc::spawn("stand-in", &mut cmd, Some(&dir.join("standin.stderr")))?;
-    if !wait_port(addr, Duration::from_secs(20)).await {
-        let status = proc_.exited().unwrap_or_else(|| "still running".into());
-        return Err(format!(
-            "the stand-in did not listen on {addr} within 20 s ({status}): {}",
-            proc_.stderr_tail()
-        ));
-    }
+    proc_
+        .wait_listening(addr, Duration::from_secs(20))
+        .await
+        .map_err(|e| format!("the stand-in {e}"))?;
     Ok((proc_, addr))
 }
 

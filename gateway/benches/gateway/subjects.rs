@@ -11,7 +11,7 @@ use p256::pkcs8::EncodePrivateKey;
 use serde_json::json;
 
 use crate::load::{self, Target};
-use crate::procs::{Proc, free_port, wait_port};
+use crate::procs::{Proc, free_port};
 
 fn now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -134,24 +134,19 @@ pub async fn gateway(
         .env("TOKIO_WORKER_THREADS", threads.to_string());
     let mut proc_ = Proc::spawn(label, &mut cmd, Some(&dir.join(format!("{file}.stderr"))))?;
     let target = Target { addr: listen, headers: headers.to_vec() };
-    let started = wait_port(listen, Duration::from_secs(20)).await;
-    let ready = if started {
-        load::until_ok(&target, &load::body(300), Duration::from_secs(20)).await
-    } else {
-        Err(format!("not listening on {listen} within 20 s"))
-    };
-    match ready {
-        Ok(()) => Ok((proc_, target)),
-        Err(why) => {
-            let status = proc_.exited().unwrap_or_else(|| "still running".into());
-            Err(format!(
-                "{label} ({} {}) is not ready: {why}; process {status}; its standard error: {}",
-                bin.program.display(),
-                bin.args.join(" "),
-                proc_.stderr_tail()
-            ))
-        }
+    let what = format!("{label} ({} {})", bin.program.display(), bin.args.join(" "));
+    proc_
+        .wait_listening(listen, Duration::from_secs(20))
+        .await
+        .map_err(|e| format!("{what} {e}"))?;
+    if let Err(why) = load::until_ok(&target, &load::body(300), Duration::from_secs(20)).await {
+        let status = proc_.exited().unwrap_or_else(|| "still running".into());
+        return Err(format!(
+            "{what} is not ready: {why}; process {status}; its standard error: {}",
+            proc_.stderr_tail()
+        ));
     }
+    Ok((proc_, target))
 }
 
 /// The LiteLLM proxy installed by bench/gateway/setup.sh, if it is.
@@ -182,9 +177,10 @@ pub async fn litellm(bin: &Path, dir: &Path, upstream: &str) -> Result<(Proc, Ta
         addr: listen,
         headers: vec![("authorization", "Bearer sk-litellm-master".to_string())],
     };
-    if !wait_port(listen, Duration::from_secs(120)).await {
-        return Err(format!("LiteLLM did not listen within 120 s: {}", proc_.stderr_tail()));
-    }
+    proc_
+        .wait_listening(listen, Duration::from_secs(120))
+        .await
+        .map_err(|e| format!("LiteLLM {e}"))?;
     if let Err(why) = load::until_ok(&target, &load::body(200), Duration::from_secs(30)).await {
         let status = proc_.exited().unwrap_or_else(|| "still running".into());
         return Err(format!("LiteLLM answered no Messages call 200 ({why}; process {status})"));
