@@ -6,7 +6,7 @@
 # Settings (environment; see gateway/benches/gateway.rs): BENCH_ROUNDS, BENCH_REQUESTS,
 # BENCH_LARGE, BENCH_SECS, BENCH_CONNS, BENCH_GATEWAY_THREADS, BENCH_STANDIN_THREADS,
 # BENCH_LOAD_THREADS, BENCH_REDIS (auto|on|off), BENCH_BASELINE_GATEWAY, BENCH_BASELINE_ARGS.
-# About 4 minutes on a 2-core machine (6 with a baseline).
+# A few minutes on a 2-core machine after the release build (see the README for the split).
 #
 # Before/after in one run:
 #   BASELINE_COMMIT=<rev> bash bench/gateway/run.sh
