@@ -5,6 +5,8 @@
 # totals divided by N2-N1 is what one request costs, start-up and pools excluded.
 # Needs valgrind (Debian: apt-get install valgrind) and the release binaries (bench/run.sh
 # builds them). Bounded: a few thousand requests, about a minute.
+# FORWARDER=path measures another forwarder build (e.g. a copy kept before a change);
+# ONLY=forwarder skips the bridge.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
@@ -13,6 +15,8 @@ target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import j
 rel="$target_dir/release"
 N1=${N1:-200}
 N2=${N2:-1200}
+FORWARDER=${FORWARDER:-$rel/sanctum-forwarder}
+ONLY=${ONLY:-}
 tmp="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
@@ -53,7 +57,7 @@ report() {
 
 echo "| per request (small body, keep-alive) | allocations | bytes allocated |"
 echo "|---|---:|---:|"
-report sanctum-bridge 127.0.0.1:18399 "$rel/sanctum-bridge" --listen 127.0.0.1:18399 --admin-listen 127.0.0.1:0 \
+[[ $ONLY == forwarder ]] || report sanctum-bridge 127.0.0.1:18399 "$rel/sanctum-bridge" --listen 127.0.0.1:18399 --admin-listen 127.0.0.1:0 \
     --upstream-socket "$tmp/llm.sock" --jwt-file "$tmp/jwt" --trat-file "$tmp/trat.jwt" --log-format json
-report sanctum-forwarder "$tmp/fwd.sock" "$rel/sanctum-forwarder" forward --listen-socket "$tmp/fwd.sock" \
-    --upstream "http://127.0.0.1:$port" --admin-listen 127.0.0.1:0 --log-format json
+report "sanctum-forwarder ($(basename "$FORWARDER"))" "$tmp/fwd.sock" "$FORWARDER" forward --listen-socket "$tmp/fwd.sock" \
+    --upstream "http://127.0.0.1:$port" --allow-insecure-upstream --admin-listen 127.0.0.1:0 --log-format json

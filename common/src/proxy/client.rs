@@ -379,6 +379,8 @@ enum TryError {
     /// The exchange failed; `unsent` when the request provably never left (a reused
     /// connection found closed before its first byte).
     Http { error: hyper::Error, unsent: bool },
+    /// The connection closed before hyper took the request: it comes back whole.
+    NotTaken(Box<(hyper::Error, Request<ProxyBody>)>),
     /// No response head before the deadline.
     Timeout,
 }
@@ -503,7 +505,10 @@ impl UpstreamClient {
                 let (body, replay) = body.replayable(REPLAY_CAP);
                 let head =
                     (parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone());
-                let result = self.send_on(conn, Request::from_parts(parts, body)).await;
+                let result = match self.send_on(conn, Request::from_parts(parts, body)).await {
+                    Err(TryError::NotTaken(failed)) => self.send_fresh(failed.1).await,
+                    other => other,
+                };
                 let result = match result {
                     Err(TryError::Http { unsent: true, .. }) => match replay.restart() {
                         Some(body) => {
@@ -565,9 +570,15 @@ impl UpstreamClient {
         mut conn: Conn,
         req: Request<ProxyBody>,
     ) -> Result<(Response<Incoming>, Checkin), TryError> {
-        match conn.sender.send_request(req).await {
+        match conn.sender.try_send_request(req).await {
             Ok(response) => Ok((response, Checkin { pool: self.pool.clone(), conn })),
-            Err(error) => Err(TryError::Http { error, unsent: conn.facts.unsent() }),
+            Err(mut failed) => match failed.take_message() {
+                // hyper found the connection closed before it took the request.
+                Some(req) => Err(TryError::NotTaken(Box::new((failed.into_error(), req)))),
+                None => {
+                    Err(TryError::Http { error: failed.into_error(), unsent: conn.facts.unsent() })
+                }
+            },
         }
     }
 
@@ -616,6 +627,9 @@ impl UpstreamClient {
             },
             TryError::Http { error, .. } => {
                 UpstreamError::Protocol { target, why: error_chain(&error) }
+            }
+            TryError::NotTaken(failed) => {
+                UpstreamError::Protocol { target, why: error_chain(&failed.0) }
             }
         }
     }
