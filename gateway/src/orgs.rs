@@ -51,31 +51,38 @@ impl Orgs {
     ) -> Result<Self, ConfigError> {
         file.check()?;
         let policies = Policies::new(file);
-        let mut build = |name: &str, spec: &super::config::OrgSpec| -> Result<Org, ConfigError> {
-            let provider = match spec.provider.unwrap_or_default() {
-                ProviderKind::Anthropic => anthropic.clone(),
-                ProviderKind::Bedrock => {
-                    let b = spec.bedrock.as_ref().ok_or_else(|| ConfigError::Org {
-                        org: name.to_owned(),
-                        why: "provider: bedrock needs a 'bedrock:' entry".into(),
-                    })?;
-                    bedrock(name, b)?
-                }
+        // `None`: the `default:` entry (an org may be called "default" too).
+        let mut build =
+            |name: Option<&str>, spec: &super::config::OrgSpec| -> Result<Org, ConfigError> {
+                let policy = match name {
+                    Some(org) => policies.policy(org),
+                    None => policies.default_policy(),
+                };
+                let name = name.unwrap_or("default");
+                let provider = match spec.provider.unwrap_or_default() {
+                    ProviderKind::Anthropic => anthropic.clone(),
+                    ProviderKind::Bedrock => {
+                        let b = spec.bedrock.as_ref().ok_or_else(|| ConfigError::Org {
+                            org: name.to_owned(),
+                            why: "provider: bedrock needs a 'bedrock:' entry".into(),
+                        })?;
+                        bedrock(name, b)?
+                    }
+                };
+                Ok(Org {
+                    provider,
+                    policy: policy.clone(),
+                    budget_tokens: spec.budget_tokens.unwrap_or(defaults.budget_tokens),
+                    rate: RateLimit::per_minute(
+                        spec.rate_per_minute.unwrap_or(defaults.rate_per_minute),
+                        spec.rate_burst.unwrap_or(defaults.rate_burst),
+                    ),
+                })
             };
-            Ok(Org {
-                provider,
-                policy: policies.policy(name).clone(),
-                budget_tokens: spec.budget_tokens.unwrap_or(defaults.budget_tokens),
-                rate: RateLimit::per_minute(
-                    spec.rate_per_minute.unwrap_or(defaults.rate_per_minute),
-                    spec.rate_burst.unwrap_or(defaults.rate_burst),
-                ),
-            })
-        };
-        let default = build("default", &file.default)?;
+        let default = build(None, &file.default)?;
         let mut orgs = HashMap::with_capacity(file.orgs.len());
         for name in file.orgs.keys() {
-            orgs.insert(name.clone(), build(name, &file.org(name))?);
+            orgs.insert(name.clone(), build(Some(name), &file.org(name))?);
         }
         Ok(Self { default, orgs })
     }

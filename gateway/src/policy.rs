@@ -150,6 +150,11 @@ impl Policies {
         Self { default, orgs }
     }
 
+    /// The `default:` entry's policy.
+    pub fn default_policy(&self) -> &Policy {
+        &self.default
+    }
+
     /// The policy of `org` (the default one for an org not listed).
     pub fn policy(&self, org: &str) -> &Policy {
         self.orgs.get(org).unwrap_or(&self.default)
