@@ -5,7 +5,12 @@
 //! from the moment a request is sent to the end of its answer, and also from its
 //! *scheduled* send time, so a stalled server cannot hide its queue (no coordinated
 //! omission; that figure also carries the timer's 1 ms granularity). Then a closed-loop
-//! run finds the throughput ceiling.
+//! run finds the throughput ceiling. Before both, the decision alone
+//! (`admission::review`: parse, inject, patch, answer) runs in a loop on one thread and its
+//! CPU time per review is read from the kernel (`/proc/thread-self/schedstat`), which
+//! isolates the webhook's own work from TLS, HTTP and the client on a shared machine.
+//! `--http2` makes the client negotiate HTTP/2 by ALPN (as the API server does) instead of
+//! HTTP/1.1.
 //! Loopback only; bounded in time.
 
 use std::net::SocketAddr;
@@ -41,9 +46,53 @@ struct Args {
     /// Worker threads of the server's runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
+    /// Seconds of the decision-only loop (CPU per review of `admission::review`); 0 skips it.
+    #[arg(long, default_value_t = 3)]
+    decide_seconds: u64,
+    /// Negotiate HTTP/2 by ALPN on each connection (the API server's client does) instead
+    /// of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// One client connection, HTTP/1.1 or HTTP/2.
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// CPU time this thread has run, from the scheduler's accounting (nanoseconds; Linux).
+fn thread_cpu() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .context("cannot read /proc/thread-self/schedstat (Linux only)")?;
+    let ns: u64 = stat.split_whitespace().next().context("empty schedstat")?.parse()?;
+    Ok(Duration::from_nanos(ns))
+}
+
+/// The decision alone, on this thread, for `seconds`: (reviews, CPU per review).
+fn decide_cpu(body: &Bytes, ca_pem: &str, seconds: u64) -> anyhow::Result<(u64, Duration)> {
+    use sanctum_operator::webhook::admission::{self, OptIn, Settings};
+    let mut config = OperatorConfig::default();
+    config.identity.source = sanctum_operator::crd::IdentitySource::ServiceAccountToken;
+    let settings = Settings { ca_bundle: Some(ca_pem.to_owned()) };
+    let run = |n: u64| -> anyhow::Result<()> {
+        for _ in 0..n {
+            let answer = admission::review(body, OptIn::Annotation, &config, &settings)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::ensure!(answer.outcome == "injected", "outcome {}", answer.outcome);
+            std::hint::black_box(serde_json::to_vec(&answer.review)?);
+        }
+        Ok(())
+    };
+    run(200)?;
+    let (start, cpu0) = (Instant::now(), thread_cpu()?);
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        run(100)?;
+        n += 100;
+    }
+    Ok((n, (thread_cpu()? - cpu0) / u32::try_from(n.max(1))?))
+}
 
 fn review_body() -> Bytes {
     let pod = json!({
@@ -90,34 +139,60 @@ fn review_body() -> Bytes {
     Bytes::from(review.to_string())
 }
 
-async fn connect(addr: SocketAddr, ca: &str) -> anyhow::Result<Sender> {
+async fn connect(addr: SocketAddr, ca: &str, http2: bool) -> anyhow::Result<Sender> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
         roots.add(c?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    // What the API server's Go client offers; without `h2` the server picks HTTP/1.1.
+    config.alpn_protocols =
+        if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("127.0.0.1")?, tcp)
         .await?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
+    let negotiated_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    anyhow::ensure!(negotiated_h2 == http2, "ALPN: asked h2 {http2}, got h2 {negotiated_h2}");
+    if http2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await?;
+        tokio::spawn(conn);
+        Ok(Sender::Http2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(Sender::Http1(sender))
+    }
 }
 
 async fn send(sender: &mut Sender, body: &Bytes) -> anyhow::Result<()> {
-    sender.ready().await?;
-    let req = http::Request::post("/mutate")
-        .header("host", "127.0.0.1")
-        .header("content-type", "application/json")
-        .body(Full::new(body.clone()))?;
-    let resp = sender.send_request(req).await?;
+    let resp = match sender {
+        Sender::Http1(sender) => {
+            sender.ready().await?;
+            let req = http::Request::post("/mutate")
+                .header("host", "127.0.0.1")
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))?;
+            sender.send_request(req).await?
+        }
+        Sender::Http2(sender) => {
+            sender.ready().await?;
+            let req = http::Request::post("https://127.0.0.1/mutate")
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))?;
+            sender.send_request(req).await?
+        }
+    };
     anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
     let bytes = resp.into_body().collect().await?.to_bytes();
     // Every answer must carry the patch, or the run measured the wrong path.
@@ -151,6 +226,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.path().join("tls.crt"), cert.pem())?;
     std::fs::write(dir.path().join("tls.key"), key.serialize_pem())?;
     std::fs::write(dir.path().join("ca.crt"), &ca_pem)?;
+    if args.decide_seconds > 0 {
+        let (n, per_review) = decide_cpu(&review_body(), &ca_pem, args.decide_seconds)?;
+        println!(
+            "decision only (admission::review + answer encoding, one thread): {n} reviews, {:.1} µs CPU per review",
+            per_review.as_secs_f64() * 1e6
+        );
+    }
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.server_threads.max(1))
@@ -178,7 +260,7 @@ fn main() -> anyhow::Result<()> {
         // Warm-up: connections, TLS sessions, allocator.
         let mut senders = Vec::new();
         for _ in 0..args.connections.max(1) {
-            senders.push(connect(addr, &ca_pem).await.context("cannot connect")?);
+            senders.push(connect(addr, &ca_pem, args.http2).await.context("cannot connect")?);
         }
         for s in &mut senders {
             for _ in 0..50 {

@@ -400,11 +400,14 @@ pub fn decide(
     if !wants_injection(&pod, opt_in) {
         return Ok(Verdict::Skip("not opted in"));
     }
-    let mut injected = pod.clone();
-    inject_pod(&mut injected, config, settings)?;
     let typed = |p: &Pod| serde_json::to_value(p).map_err(|e| Refusal::Pod(e.to_string()));
-    let after = patch::overlay(raw, &typed(&pod)?, &typed(&injected)?);
-    Ok(Verdict::Inject(patch::pod_patch(raw, &after)))
+    // The typed form before injection, serialized first so the pod itself can be injected
+    // (no copy of it).
+    let before = typed(&pod)?;
+    let mut injected = pod;
+    inject_pod(&mut injected, config, settings)?;
+    let after = patch::overlay(raw, &before, &typed(&injected)?);
+    Ok(Verdict::Inject(patch::pod_patch(raw, after)))
 }
 
 /// The `response` of an AdmissionReview. Built here rather than with kube's type, whose
@@ -439,6 +442,26 @@ pub struct Answer {
     pub message: Option<String>,
 }
 
+/// Takes the object at `pointer` (`request.object`, `request.oldObject`) out of `body` and
+/// leaves a stand-in with the same keys: its type fields and metadata as they were, every
+/// other value `null`. kube's `DynamicObject` reads only those (the rest lands in an untyped
+/// `data`), so a review is accepted or refused exactly as with the whole object, but the pod
+/// is neither copied nor buffered again by serde's `flatten` (`AdmissionReview` and
+/// `DynamicObject` both flatten). A value that is not a JSON object is copied and left as
+/// it was.
+fn take_object(body: &mut Value, pointer: &str) -> Option<Value> {
+    let slot = body.pointer_mut(pointer)?;
+    let Value::Object(fields) = slot else { return Some(slot.clone()) };
+    let stand_in = fields
+        .iter()
+        .map(|(key, value)| match key.as_str() {
+            "apiVersion" | "kind" | "metadata" => (key.clone(), value.clone()),
+            _ => (key.clone(), Value::Null),
+        })
+        .collect();
+    Some(std::mem::replace(slot, Value::Object(stand_in)))
+}
+
 fn is_pod(req: &AdmissionRequest<DynamicObject>) -> bool {
     req.kind.group.is_empty() && req.kind.version == "v1" && req.kind.kind == "Pod"
 }
@@ -450,11 +473,12 @@ pub fn review(
     config: &OperatorConfig,
     settings: &Settings,
 ) -> Result<Answer, BadReview> {
-    let body: Value = serde_json::from_slice(body).map_err(|e| BadReview::Parse(e.to_string()))?;
+    let mut body: Value =
+        serde_json::from_slice(body).map_err(|e| BadReview::Parse(e.to_string()))?;
     // The pod is read from the raw body: kube's DynamicObject would re-serialize its
     // metadata through typed fields and drop what they do not know.
-    let raw_object = body.pointer("/request/object").cloned();
-    let raw_old = body.pointer("/request/oldObject").cloned();
+    let raw_object = take_object(&mut body, "/request/object");
+    let raw_old = take_object(&mut body, "/request/oldObject");
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_value(body).map_err(|e| BadReview::Parse(e.to_string()))?;
     let req: AdmissionRequest<DynamicObject> =

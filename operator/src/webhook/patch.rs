@@ -93,24 +93,45 @@ pub fn overlay(raw: &Value, before: &Value, after: &Value) -> Value {
 }
 
 /// Field-level changes of one object (a container, the pod spec): each top-level key that
-/// differs is added, replaced or removed as a whole.
-fn object_fields(ops: &mut Vec<PatchOperation>, base: &[&str], before: &Value, after: &Value) {
+/// differs is added, replaced or removed as a whole; keys in `skip` are left out. `after`
+/// is consumed: the patch takes its values rather than copies.
+fn object_fields(
+    ops: &mut Vec<PatchOperation>,
+    base: &[&str],
+    before: &Value,
+    after: Value,
+    skip: &[&str],
+) {
     let empty = Map::new();
     let b = before.as_object().unwrap_or(&empty);
-    let a = after.as_object().unwrap_or(&empty);
-    for (key, value) in a {
+    let a = match after {
+        Value::Object(a) => a,
+        _ => Map::new(),
+    };
+    let path = |key: &str| {
         let mut path = base.to_vec();
         path.push(key);
-        match b.get(key) {
-            None => add(ops, pointer(&path), value.clone()),
-            Some(old) if old != value => replace(ops, pointer(&path), value.clone()),
+        pointer(&path)
+    };
+    // Removals last, as keys of `before` missing from `after`; listed before `after` is
+    // taken apart.
+    let removed: Vec<PointerBuf> = b
+        .keys()
+        .filter(|k| !a.contains_key(*k) && !skip.contains(&k.as_str()))
+        .map(|k| path(k))
+        .collect();
+    for (key, value) in a {
+        if skip.contains(&key.as_str()) {
+            continue;
+        }
+        match b.get(&key) {
+            None => add(ops, path(&key), value),
+            Some(old) if *old != value => replace(ops, path(&key), value),
             Some(_) => {}
         }
     }
-    for key in b.keys().filter(|k| !a.contains_key(*k)) {
-        let mut path = base.to_vec();
-        path.push(key);
-        ops.push(PatchOperation::Remove(json_patch::RemoveOperation { path: pointer(&path) }));
+    for path in removed {
+        ops.push(PatchOperation::Remove(json_patch::RemoveOperation { path }));
     }
 }
 
@@ -118,112 +139,114 @@ fn array<'a>(v: &'a Value, key: &str) -> Option<&'a [Value]> {
     v.get(key).and_then(Value::as_array).map(Vec::as_slice)
 }
 
-fn spec_patch(ops: &mut Vec<PatchOperation>, before: &Value, after: &Value) {
+/// Takes `key` out of `v` (when `v` is an object holding it).
+fn take(v: &mut Value, key: &str) -> Option<Value> {
+    v.as_object_mut()?.remove(key)
+}
+
+/// The array `v` holds, or none.
+fn into_array(v: Option<Value>) -> Option<Vec<Value>> {
+    match v {
+        Some(Value::Array(a)) => Some(a),
+        _ => None,
+    }
+}
+
+fn spec_patch(ops: &mut Vec<PatchOperation>, before: &Value, mut after: Value) {
     // Containers: field by field, index by index (injection never adds or removes one).
-    match (array(before, "containers"), array(after, "containers")) {
-        (Some(b), Some(a)) if b.len() == a.len() => {
+    let a_containers = take(&mut after, "containers");
+    match (array(before, "containers"), a_containers) {
+        (Some(b), Some(Value::Array(a))) if b.len() == a.len() => {
             for (i, (b, a)) in b.iter().zip(a).enumerate() {
-                if b != a {
+                if *b != a {
                     let i = i.to_string();
-                    object_fields(ops, &["spec", "containers", &i], b, a);
+                    object_fields(ops, &["spec", "containers", &i], b, a, &[]);
                 }
             }
         }
         (_, a) => {
-            if before.get("containers") != after.get("containers") {
-                let value = a.map_or(Value::Null, |a| Value::Array(a.to_vec()));
+            if before.get("containers") != a.as_ref() {
+                let value = into_array(a).map_or(Value::Null, Value::Array);
                 replace(ops, pointer(&["spec", "containers"]), value);
             }
         }
     }
 
     // Init containers: ours go in front of the pod's own.
-    let (b_init, a_init) =
-        (array(before, "initContainers").unwrap_or(&[]), array(after, "initContainers"));
-    let a_init = a_init.unwrap_or(&[]);
-    if b_init != a_init {
+    let b_init_given = array(before, "initContainers");
+    let b_init = b_init_given.unwrap_or(&[]);
+    let a_init = into_array(take(&mut after, "initContainers")).unwrap_or_default();
+    if b_init != a_init.as_slice() {
         let n = a_init.len().checked_sub(b_init.len());
-        let prefix = n.filter(|&n| a_init[n..] == *b_init).map(|n| &a_init[..n]);
-        match (array(before, "initContainers").is_some(), prefix) {
-            (true, Some(added)) => {
-                for (i, c) in added.iter().enumerate() {
+        let prefix = n.filter(|&n| a_init[n..] == *b_init);
+        match (b_init_given.is_some(), prefix) {
+            (true, Some(n)) => {
+                for (i, c) in a_init.into_iter().take(n).enumerate() {
                     let i = i.to_string();
-                    add(ops, pointer(&["spec", "initContainers", &i]), c.clone());
+                    add(ops, pointer(&["spec", "initContainers", &i]), c);
                 }
             }
             (false, Some(_)) => {
-                add(ops, pointer(&["spec", "initContainers"]), Value::Array(a_init.to_vec()))
+                add(ops, pointer(&["spec", "initContainers"]), Value::Array(a_init))
             }
-            (_, None) => {
-                replace(ops, pointer(&["spec", "initContainers"]), Value::Array(a_init.to_vec()))
-            }
+            (_, None) => replace(ops, pointer(&["spec", "initContainers"]), Value::Array(a_init)),
         }
     }
 
     // Volumes: ours are appended.
-    let b_vol = array(before, "volumes").unwrap_or(&[]);
-    let a_vol = array(after, "volumes").unwrap_or(&[]);
-    if b_vol != a_vol {
+    let b_vol_given = array(before, "volumes");
+    let b_vol = b_vol_given.unwrap_or(&[]);
+    let a_vol = into_array(take(&mut after, "volumes")).unwrap_or_default();
+    if b_vol != a_vol.as_slice() {
         let appended = a_vol.len() >= b_vol.len() && a_vol[..b_vol.len()] == *b_vol;
-        match (array(before, "volumes").is_some(), appended) {
+        match (b_vol_given.is_some(), appended) {
             (true, true) => {
-                for v in &a_vol[b_vol.len()..] {
-                    add(ops, pointer(&["spec", "volumes", "-"]), v.clone());
+                for v in a_vol.into_iter().skip(b_vol.len()) {
+                    add(ops, pointer(&["spec", "volumes", "-"]), v);
                 }
             }
-            (false, true) => add(ops, pointer(&["spec", "volumes"]), Value::Array(a_vol.to_vec())),
-            (_, false) => replace(ops, pointer(&["spec", "volumes"]), Value::Array(a_vol.to_vec())),
+            (false, true) => add(ops, pointer(&["spec", "volumes"]), Value::Array(a_vol)),
+            (_, false) => replace(ops, pointer(&["spec", "volumes"]), Value::Array(a_vol)),
         }
     }
 
-    // Anything else of the spec, field by field.
-    let strip = |s: &Value| {
-        let mut v = s.clone();
-        if let Some(m) = v.as_object_mut() {
-            for k in ["containers", "initContainers", "volumes"] {
-                m.remove(k);
-            }
-        }
-        v
-    };
-    let (b_rest, a_rest) = (strip(before), strip(after));
-    if b_rest != a_rest {
-        object_fields(ops, &["spec"], &b_rest, &a_rest);
-    }
+    // Anything else of the spec, field by field (the three lists are out of `after` now,
+    // and skipped in `before`).
+    object_fields(ops, &["spec"], before, after, &["containers", "initContainers", "volumes"]);
 }
 
 /// The patch that turns the raw pod `before` into the raw pod `after` (see [`overlay`]):
 /// metadata annotations and labels key by key, and the spec as above. Both are JSON
-/// objects of a Pod (or of a pod template); an empty patch when nothing changed.
-pub fn pod_patch(before: &Value, after: &Value) -> Patch {
+/// objects of a Pod (or of a pod template); an empty patch when nothing changed. `after`
+/// is consumed: the operations take its values rather than copies of them.
+pub fn pod_patch(before: &Value, mut after: Value) -> Patch {
     let mut ops = Vec::new();
     let null = Value::Null;
-    let (b_meta, a_meta) =
-        (before.get("metadata").unwrap_or(&null), after.get("metadata").unwrap_or(&null));
+    let b_meta = before.get("metadata").unwrap_or(&null);
+    let mut a_meta = take(&mut after, "metadata").unwrap_or(Value::Null);
     if !b_meta.is_object() {
-        if a_meta.is_object() && b_meta != a_meta {
-            add(&mut ops, pointer(&["metadata"]), a_meta.clone());
+        if a_meta.is_object() && *b_meta != a_meta {
+            add(&mut ops, pointer(&["metadata"]), a_meta);
         }
     } else {
         for field in ["annotations", "labels"] {
-            let (b, a) = (b_meta.get(field), a_meta.get(field));
-            if b == a {
+            let (b, a) = (b_meta.get(field), take(&mut a_meta, field));
+            if b == a.as_ref() {
                 continue;
             }
-            match (b.and_then(Value::as_object), a.and_then(Value::as_object)) {
-                (Some(b), Some(a)) => {
+            match (b.and_then(Value::as_object), a) {
+                (Some(b), Some(Value::Object(a))) => {
                     for (k, v) in a {
-                        match b.get(k) {
-                            None => add(&mut ops, pointer(&["metadata", field, k]), v.clone()),
-                            Some(old) if old != v => {
-                                replace(&mut ops, pointer(&["metadata", field, k]), v.clone())
+                        match b.get(&k) {
+                            None => add(&mut ops, pointer(&["metadata", field, &k]), v),
+                            Some(old) if *old != v => {
+                                replace(&mut ops, pointer(&["metadata", field, &k]), v)
                             }
                             Some(_) => {}
                         }
                     }
                 }
-                (None, Some(_)) => {
-                    let value = a.cloned().unwrap_or_default();
+                (None, Some(value @ Value::Object(_))) => {
                     if b.is_some() {
                         replace(&mut ops, pointer(&["metadata", field]), value);
                     } else {
@@ -234,9 +257,9 @@ pub fn pod_patch(before: &Value, after: &Value) -> Patch {
             }
         }
     }
-    match (before.get("spec"), after.get("spec")) {
-        (Some(b), Some(a)) if b != a => spec_patch(&mut ops, b, a),
-        (None, Some(a)) => add(&mut ops, pointer(&["spec"]), a.clone()),
+    match (before.get("spec"), take(&mut after, "spec")) {
+        (Some(b), Some(a)) if *b != a => spec_patch(&mut ops, b, a),
+        (None, Some(a)) => add(&mut ops, pointer(&["spec"]), a),
         _ => {}
     }
     Patch(ops)
@@ -283,7 +306,7 @@ mod tests {
                 .insert(0, Container { name: "ours".into(), ..Default::default() });
             spec.volumes.as_mut().unwrap().push(Default::default());
         });
-        let patch = pod_patch(&raw, &after);
+        let patch = pod_patch(&raw, after.clone());
         let mut doc = raw.clone();
         json_patch::patch(&mut doc, &patch).unwrap();
         assert_eq!(doc, after);
@@ -297,7 +320,7 @@ mod tests {
         assert_eq!(doc["spec"]["volumes"][0]["futureVolume"], 3);
         assert_eq!(doc["spec"]["volumes"].as_array().unwrap().len(), 2);
         // Nothing to do: an empty patch.
-        assert!(pod_patch(&raw, &raw).0.is_empty());
+        assert!(pod_patch(&raw, raw.clone()).0.is_empty());
     }
 
     /// Issue 13 item 7: `valueFrom.fileKeyRef` (Kubernetes 1.34+) is unknown to the typed
@@ -318,7 +341,7 @@ mod tests {
             env.push(EnvVar { name: "NEW".into(), value: Some("2".into()), value_from: None });
         });
         let mut doc = raw.clone();
-        json_patch::patch(&mut doc, &pod_patch(&raw, &after)).unwrap();
+        json_patch::patch(&mut doc, &pod_patch(&raw, after.clone())).unwrap();
         assert_eq!(
             doc["spec"]["containers"][0]["env"],
             json!([file_key, {"name": "KEEP", "value": "1", "futureEnvField": "y"},
@@ -334,7 +357,7 @@ mod tests {
             pod.metadata.annotations = Some([("k".to_owned(), "v".to_owned())].into());
         });
         let mut doc = raw.clone();
-        json_patch::patch(&mut doc, &pod_patch(&raw, &after)).unwrap();
+        json_patch::patch(&mut doc, &pod_patch(&raw, after.clone())).unwrap();
         assert_eq!(doc["metadata"], json!({"annotations": {"k": "v"}}));
         // An untouched template does not get an empty `metadata: {}`.
         assert_eq!(injected(&raw, |_| {}), raw);
