@@ -7,8 +7,12 @@
 # ROUNDS times, interleaved (A B A B ...), so two builds compared in one run see the same
 # machine; the median per binary is printed.
 #
+# With INSTR=1 (needs valgrind), also the user-space instructions per request, which no
+# other load changes: valgrind's cachegrind over 200 and then 1200 requests (plus 10 %
+# warm-up each), the difference divided by the 1100 extra requests.
+#
 # usage: bench/cpu.sh [FORWARDER_BINARY...]   (default: the release build)
-#   N=20000 ROUNDS=3 bench/cpu.sh target/baseline/old target/release/sanctum-forwarder
+#   N=20000 ROUNDS=3 INSTR=1 bench/cpu.sh target/baseline/old target/release/sanctum-forwarder
 # Needs the release sanctum-standin and sanctum-bench (bench/run.sh builds them).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,10 +33,11 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 sleep 0.5
 tck=$(getconf CLK_TCK)
 
-# cpu_ticks PID: utime + stime of every thread of PID, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_ticks PID: "utime stime" of every thread of PID, in clock ticks.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
-# measure BINARY: print the forwarder's CPU µs per request over N requests.
+# measure BINARY: print the forwarder's CPU µs per request over N requests, as
+# "total/user" (user: the process's own code; the rest is the kernel's socket work).
 measure() {
     local sock="$tmp/fwd.sock"
     rm -f "$sock"
@@ -41,12 +46,27 @@ measure() {
     local fpid=$!
     # Warm-up (connections, pools, page faults), then the measured run.
     "$rel/sanctum-bench" --drive 1000 --drive-target "$sock" >/dev/null
-    local t0; t0=$(cpu_ticks "$fpid")
+    local u0 s0 u1 s1
+    read -r u0 s0 < <(cpu_ticks "$fpid")
     "$rel/sanctum-bench" --drive "$N" --drive-target "$sock" >/dev/null
-    local t1; t1=$(cpu_ticks "$fpid")
+    read -r u1 s1 < <(cpu_ticks "$fpid")
     kill -TERM "$fpid"; wait "$fpid" || true
     # --drive N sends N + N/10 requests.
-    python3 -c "print(f'{($t1 - $t0) / $tck * 1e6 / ($N + $N // 10):.1f}')"
+    python3 -c "k = 1e6 / $tck / ($N + $N // 10); print(f'{($u1 - $u0 + $s1 - $s0) * k:.1f}/{($u1 - $u0) * k:.1f}')"
+}
+
+# instructions BINARY N: user-space instructions the forwarder ran serving N requests.
+instructions() {
+    local sock="$tmp/fwd.sock"
+    rm -f "$sock"
+    valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null "$1" forward \
+        --listen-socket "$sock" --upstream "http://127.0.0.1:$port" --allow-insecure-upstream \
+        --admin-listen 127.0.0.1:0 --log-format json >/dev/null 2>"$tmp/cg.log" &
+    local vpid=$!
+    "$rel/sanctum-bench" --drive "$2" --drive-target "$sock" >/dev/null
+    kill -TERM "$vpid"; wait "$vpid" || true
+    # "==123== I   refs:      12,345,678"
+    sed -n 's/.*I *refs: *\([0-9,]*\).*/\1/p' "$tmp/cg.log" | tr -d ,
 }
 
 declare -A results
@@ -56,12 +76,25 @@ for ((r = 0; r < ROUNDS; r++)); do
     done
 done
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| forwarder binary | CPU µs per request, median (rounds) |"
-echo "|---|---:|"
+echo "| forwarder binary | CPU µs per request, median (rounds) | of which user space |"
+echo "|---|---:|---:|"
 for b in "${bins[@]}"; do
     python3 - "$b" ${results[$b]} <<'PY'
 import sys, statistics
-name, xs = sys.argv[1], [float(x) for x in sys.argv[2:]]
-print(f"| {name} | {statistics.median(xs):.1f} ({', '.join(f'{x:.1f}' for x in xs)}) |")
+name, runs = sys.argv[1], [r.split("/") for r in sys.argv[2:]]
+tot, usr = [float(t) for t, _ in runs], [float(u) for _, u in runs]
+show = lambda xs: f"{statistics.median(xs):.1f} ({', '.join(f'{x:.1f}' for x in xs)})"
+print(f"| {name} | {show(tot)} | {show(usr)} |")
 PY
 done
+if [[ ${INSTR:-} == 1 ]]; then
+    command -v valgrind >/dev/null || { echo "INSTR=1 needs valgrind: apt-get install valgrind" >&2; exit 1; }
+    echo
+    echo "| forwarder binary | instructions per request (user space) |"
+    echo "|---|---:|"
+    for b in "${bins[@]}"; do
+        i1=$(instructions "$b" 200)
+        i2=$(instructions "$b" 1200)
+        echo "| $b | $(( (i2 - i1) / 1100 )) |"
+    done
+fi

@@ -303,6 +303,39 @@ impl Pool {
         None
     }
 
+    /// Drops (closes) the connections idle past the timeout.
+    fn evict_expired(&self) {
+        let now = Instant::now();
+        self.lock().retain(|c| now.duration_since(c.idle_since) < self.idle_timeout);
+    }
+
+    /// Closes idle connections once they pass the timeout, checking every `idle_timeout`
+    /// (so a connection closes between one and two timeouts after its last use), as long
+    /// as the pool lives. Besides freeing the upstream's sockets, the timer keeps the
+    /// runtime's next wake-up within the idle timeout, so that a server's header-read timer
+    /// (longer) registered on every request does not wake the runtime's driver each time.
+    /// Without a runtime (a client built outside one) idle connections are only dropped
+    /// when the pool is next used.
+    fn spawn_reaper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.idle_timeout.is_zero() {
+            return; // nothing is kept idle
+        }
+        let pool = Arc::downgrade(self);
+        let every = self.idle_timeout;
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match pool.upgrade() {
+                    Some(pool) => pool.evict_expired(),
+                    None => return,
+                }
+            }
+        });
+    }
+
     /// Keeps `conn` for the next request, unless the pool is full. Connections idle past
     /// the timeout are dropped here and in [`Pool::take`]: the idle timeout is enforced
     /// whenever the pool is used, with no timer of its own.
@@ -423,6 +456,7 @@ impl UpstreamClient {
             max_idle: limits.pool_max_idle,
             idle_timeout: limits.pool_idle_timeout,
         });
+        pool.spawn_reaper();
         let target = upstream.describe();
         Ok(Self { connect, http1, pool, upstream, target, host, limits: *limits, metrics })
     }
