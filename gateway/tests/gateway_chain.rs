@@ -14,41 +14,21 @@
 mod gateway_support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
+use gateway_support::chain::{PodSide, bridge_binary, pod_side, pod_tokens};
 use gateway_support::*;
 use sanctum_testkit::{Provider, ProviderConfig, clients};
 
 const PLACEHOLDER: &str = "gateway-injected";
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling_binary(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_sanctum-gateway")).with_file_name(name)
-}
-
-/// Starts the bridge on free loopback ports; returns it with its listen address.
-fn spawn_bridge(bridge: &Path, dir: &Path) -> (Kill, SocketAddr) {
-    let (child, listen, _admin) = sanctum_testkit::bridge::spawn(bridge, dir, &[]);
-    (Kill(child), listen)
-}
 
 /// The chain, running: provider ← gateway ← forwarder ← bridge.
 struct Chain {
     s: Setup,
     provider: Provider,
     gw: Gateway,
-    _forwarder: Kill,
-    _bridge: Kill,
+    _pod: PodSide,
     bridge_addr: SocketAddr,
     svid: String,
     trat: String,
@@ -58,18 +38,9 @@ const RUN: &str = "run-chain";
 
 /// Starts the chain, or returns `None` (after a SKIP line) when the bridge is not built.
 async fn chain() -> Option<Chain> {
-    let bridge = sibling_binary("sanctum-bridge");
-    if !bridge.exists() {
-        skip_or_fail(&format!(
-            "{} is not built: run `cargo build -p sanctum-bridge`",
-            bridge.display()
-        ));
-        return None;
-    }
+    let bridge = bridge_binary()?;
     let s = Setup::new();
-    let (svid, trat) = (s.svid(RUN), s.trat(RUN, "txn-chain"));
-    std::fs::write(s.path("jwt"), format!("{svid}\n")).unwrap();
-    std::fs::write(s.path("trat.jwt"), &trat).unwrap();
+    let (svid, trat) = pod_tokens(&s, RUN, "txn-chain");
 
     // The provider takes the org's key and nothing else of ours.
     let provider = Provider::start_tcp(
@@ -83,29 +54,9 @@ async fn chain() -> Option<Chain> {
     .await
     .unwrap();
     let gw = s.gateway(&provider.url().unwrap(), &[]).await;
-
-    let socket = s.path("llm.sock");
-    let forwarder = Kill(
-        Command::new(sibling_binary("sanctum-forwarder"))
-            // The test gateway serves plain http on loopback.
-            .args(["forward", "--admin-listen", "127.0.0.1:0", "--allow-insecure-upstream"])
-            .arg("--upstream")
-            .arg(gw.url(""))
-            .arg("--listen-socket")
-            .arg(&socket)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn sanctum-forwarder forward"),
-    );
-    for _ in 0..200 {
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let (bridge, bridge_addr) = spawn_bridge(&bridge, s.tmp.path());
-    Some(Chain { s, provider, gw, _forwarder: forwarder, _bridge: bridge, bridge_addr, svid, trat })
+    let pod = pod_side(&bridge, &s, &gw).await;
+    let bridge_addr = pod.bridge_addr;
+    Some(Chain { s, provider, gw, _pod: pod, bridge_addr, svid, trat })
 }
 
 impl Chain {

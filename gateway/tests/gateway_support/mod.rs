@@ -3,6 +3,8 @@
 //! HTTP client. Real sockets, real HTTP; nothing mocked inside the gateway.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod chain;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
