@@ -73,6 +73,14 @@ fn wrong_values_are_refused_with_the_field_named() {
         ("operator.adminPort=99999", "adminPort"),
         ("gateway.tls.mode=secret", "secretName"),
         ("gatway.enabled=false", "gatway"),
+        ("gateway.config.orgs.acme.provider=bedrok", "provider"),
+        ("gateway.awsSecrets.acme=Not_A_Secret", "awsSecrets"),
+        // A Bedrock org's secretDir under /etc/sanctum/aws/ with no Secret to mount there.
+        (
+            "gateway.config.orgs.acme.provider=bedrock,gateway.config.orgs.acme.bedrock.region=eu-central-1,\
+             gateway.config.orgs.acme.bedrock.credentials.secretDir=/etc/sanctum/aws/acme",
+            "gateway.awsSecrets.acme",
+        ),
     ];
     for (set, field) in cases {
         let mut template = helm().unwrap();
@@ -85,6 +93,71 @@ fn wrong_values_are_refused_with_the_field_named() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(field), "--set {set}: the error does not name {field}: {err}");
     }
+}
+
+/// Bedrock orgs (issue 14 item 4): each org's AWS credentials Secret is mounted read-only at
+/// the `secretDir` its config names, the web-identity token is projected for STS, and the
+/// ServiceAccount carries the IRSA annotation; the config reaches the gateway unchanged.
+#[test]
+fn bedrock_orgs_get_their_aws_credentials_mounted() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let Some(mut template) = helm() else { return };
+    let role = "arn:aws:iam::123456789012:role/sanctum-bedrock-initech";
+    let values = format!(
+        "gateway:\n  config:\n    orgs:\n      acme: {{}}\n      globex:\n        provider: bedrock\n        \
+         bedrock:\n          region: eu-central-1\n          modelIds: {{'claude-*': eu.anthropic.claude-sonnet-4-5-20250929-v1:0}}\n          \
+         credentials: {{secretDir: /etc/sanctum/aws/globex}}\n      initech:\n        provider: bedrock\n        \
+         bedrock:\n          region: us-east-1\n          modelIds: {{'claude-*': us.anthropic.claude-sonnet-4-5-20250929-v1:0}}\n          \
+         credentials: {{webIdentity: {{roleArn: '{role}', tokenFile: /var/run/secrets/sanctum/aws/token}}}}\n  \
+         awsSecrets: {{globex: sanctum-aws-globex}}\n  webIdentity: {{enabled: true}}\n  \
+         serviceAccount: {{annotations: {{eks.amazonaws.com/role-arn: '{role}'}}}}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("values.yaml"), values).unwrap();
+    template
+        .args(["template", "s"])
+        .arg(workspace().join("charts/sanctum"))
+        .args(["--show-only", "templates/gateway.yaml", "-f"])
+        .arg(dir.path().join("values.yaml"));
+    let rendered = run(template);
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect();
+    let of_kind = |kind: &str| {
+        docs.iter().find(|d| d["kind"] == kind).cloned().unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let deployment: Deployment = serde_yaml::from_value(of_kind("Deployment")).unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let gateway = &pod.containers[0];
+    let mounts = gateway.volume_mounts.as_ref().unwrap();
+    let mount = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}: {mounts:?}"))
+    };
+    let volume =
+        |name: &str| pod.volumes.as_ref().unwrap().iter().find(|v| v.name == name).unwrap();
+    let aws = mount("/etc/sanctum/aws/globex");
+    assert_eq!(aws.read_only, Some(true));
+    let secret = volume(&aws.name).secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("sanctum-aws-globex"));
+    let token = mount("/var/run/secrets/sanctum/aws");
+    let projected = volume(&token.name).projected.as_ref().unwrap();
+    let sa_token = projected.sources.as_ref().unwrap()[0].service_account_token.as_ref().unwrap();
+    assert_eq!(sa_token.audience.as_deref(), Some("sts.amazonaws.com"));
+    assert_eq!(sa_token.path, "token");
+    let sa: ServiceAccount = serde_yaml::from_value(of_kind("ServiceAccount")).unwrap();
+    assert_eq!(sa.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"], role);
+    let config: ConfigMap = serde_yaml::from_value(of_kind("ConfigMap")).unwrap();
+    let file: serde_yaml::Value =
+        serde_yaml::from_str(&config.data.unwrap()["config.yaml"]).unwrap();
+    assert_eq!(
+        file["orgs"]["globex"]["bedrock"]["credentials"]["secretDir"],
+        "/etc/sanctum/aws/globex"
+    );
+    assert_eq!(file["orgs"]["initech"]["provider"], "bedrock");
 }
 
 #[tokio::test]
