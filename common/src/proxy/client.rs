@@ -518,9 +518,9 @@ impl UpstreamClient {
         idle: Duration,
     ) -> Result<Response<ProxyBody>, TryError> {
         let req = req.map(|body| body.idle_timeout(idle));
-        let mut conn = loop {
+        let pooled = loop {
             match self.pool.take() {
-                // Ready when hyper finished the previous exchange (at once, usually); an
+                // Pooled connections were ready when put back, so this returns at once; an
                 // error means the connection closed meanwhile: nothing was sent on it.
                 Some(mut conn) => match conn.sender.ready().await {
                     Ok(()) => break Some(conn),
@@ -529,7 +529,7 @@ impl UpstreamClient {
                 None => break None,
             }
         };
-        let result = match conn.take() {
+        let result = match pooled {
             // A fresh connection cannot have been closed while idle: no copy to resend.
             None => self.send_fresh(req).await,
             Some(conn) => {
