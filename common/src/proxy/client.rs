@@ -750,4 +750,45 @@ mod tests {
         assert_eq!(e.status, http::StatusCode::BAD_GATEWAY);
         assert_eq!(e.message, "Unix socket /s does not exist; is the forwarder running?");
     }
+
+    /// A connection back in the pool is reused by the next request, and closed by the
+    /// pool's timer once idle past the timeout, without a request to notice it: the
+    /// upstream's socket is freed (issue 13 item 2: the pool lets go before the server).
+    #[tokio::test]
+    async fn the_pool_reuses_a_connection_then_closes_it_when_idle() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            for _ in 0..2 {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /x HTTP/1.1"));
+                socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            }
+            let idle = Instant::now();
+            let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
+            (read.expect("the pool closes the idle connection").unwrap(), idle.elapsed())
+        });
+        let limits = Limits { pool_idle_timeout: Duration::from_millis(100), ..Limits::default() };
+        let upstream = Upstream::url(&format!("http://{addr}")).unwrap();
+        let client =
+            UpstreamClient::new(upstream, &limits, Arc::new(ProxyMetrics::new("t"))).unwrap();
+        for _ in 0..2 {
+            let request = Request::get("/x").body(ProxyBody::empty()).unwrap();
+            // The server accepts one connection: a second one would never be answered.
+            let response = tokio::time::timeout(Duration::from_secs(5), client.send(request))
+                .await
+                .expect("answered on the pooled connection")
+                .unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        let (read, idle) = server.await.unwrap();
+        assert_eq!(read, 0, "the connection was closed");
+        assert!(idle >= Duration::from_millis(100), "closed after {idle:?}, before the timeout");
+    }
 }
