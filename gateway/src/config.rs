@@ -73,6 +73,25 @@ pub struct BedrockSpec {
     pub model_ids: BTreeMap<String, String>,
     /// Where the AWS credentials come from.
     pub credentials: CredentialsSpec,
+    /// The `anthropic-beta` names passed on to Bedrock (in the body's `anthropic_beta`);
+    /// the others are left out of the request, not refused (Bedrock would refuse the whole
+    /// call: 400 `ValidationException`, "invalid beta flag"). `['*']` passes every name.
+    /// Default: [`crate::bedrock::DEFAULT_BETAS`], the betas AWS documents for Anthropic
+    /// Claude models; keeping the list current is the operator's. The org's `betas:` request
+    /// policy (refuse what is not allowed) applies first.
+    pub betas: Option<Vec<String>>,
+}
+
+impl BedrockSpec {
+    /// The beta names to pass to Bedrock: `None` passes every name (`betas: ['*']`);
+    /// otherwise the org's list, or [`crate::bedrock::DEFAULT_BETAS`] when it has none.
+    pub fn passed_betas(&self) -> Option<Vec<String>> {
+        match &self.betas {
+            Some(list) if list.iter().any(|b| b == "*") => None,
+            Some(list) => Some(list.clone()),
+            None => Some(crate::bedrock::DEFAULT_BETAS.iter().map(|b| (*b).to_owned()).collect()),
+        }
+    }
 }
 
 /// The AWS credentials of a Bedrock org: exactly one of the two keys.
@@ -209,6 +228,20 @@ mod tests {
         assert_eq!(g.rate_per_minute, Some(5));
         let b = g.bedrock.unwrap();
         assert_eq!(b.model_ids["claude-sonnet-4-5"], "eu.anthropic.claude-sonnet-4-5-v1:0");
+        let default = b.passed_betas().unwrap();
+        assert!(default.iter().any(|n| n == "interleaved-thinking-2025-05-14"), "{default:?}");
+        assert!(!default.iter().any(|n| n == "per-turn-control-2026-07-01"), "{default:?}");
+        let with = |betas: &str| {
+            let f: ConfigFile = serde_yaml::from_str(&format!(
+                "orgs:\n  g:\n    provider: bedrock\n    bedrock: {{region: r, credentials: {{secretDir: /s}}, betas: {betas}}}\n"
+            ))
+            .unwrap();
+            f.check().unwrap();
+            f.org("g").bedrock.unwrap().passed_betas()
+        };
+        assert_eq!(with("['*']"), None);
+        assert_eq!(with("[]"), Some(vec![]));
+        assert_eq!(with("[a-1, b-2]"), Some(vec!["a-1".to_owned(), "b-2".to_owned()]));
         for bad in [
             "orgs:\n  g:\n    provider: bedrock\n",
             "orgs:\n  g:\n    provider: bedrock\n    bedrock: {region: r, credentials: {}}\n",

@@ -29,8 +29,10 @@ const HAIKU_ID: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
 
 /// The org's config: Bedrock at the stand-in, a model map that covers every `claude-*` name
 /// the clients send (haiku names to their own id), credentials from a Secret directory. The
-/// betas policy is the default (`*`): every `anthropic-beta` Claude Code sends is passed on
-/// in `anthropic_beta`.
+/// betas request policy is the default (`*`: none refused) and so is `bedrock.betas`: of the
+/// `anthropic-beta` names Claude Code sends, those Bedrock takes are passed on in
+/// `anthropic_beta`, the others left out — the stand-in refuses unknown names as Bedrock
+/// does, so Claude Code's calls passing proves it.
 fn config(endpoint: &str, secret_dir: &std::path::Path) -> String {
     format!(
         "orgs:\n  {ORG}:\n    provider: bedrock\n    bedrock:\n      region: us-east-1\n      \
@@ -161,7 +163,7 @@ async fn native_claude_code_through_the_chain_to_bedrock() {
     let streamed: Vec<_> =
         seen.iter().filter(|r| r.target.ends_with("/invoke-with-response-stream")).collect();
     assert!(!streamed.is_empty(), "claude -p streams its answer: {seen:?}");
-    // Claude Code's betas reached Bedrock in the body (the org's policy allows them all).
+    // Claude Code's betas Bedrock takes reached it in the body (the stand-in refused none).
     assert!(
         streamed.iter().any(|r| json(r)["anthropic_beta"].as_array().is_some_and(|b| b
             .iter()

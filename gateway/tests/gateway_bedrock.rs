@@ -29,13 +29,18 @@ async fn setup(standin: &Bedrock, secret: &str) -> (Setup, Gateway) {
 
 /// Starts the gateway with org `acme` on the stand-in, `credentials` its YAML (one line).
 async fn start(s: &Setup, standin: &Bedrock, credentials: &str) -> Gateway {
+    start_with(s, standin, credentials, "").await
+}
+
+/// [`start`], with `extra` (whole lines, indented 6) added to the org's `bedrock:`.
+async fn start_with(s: &Setup, standin: &Bedrock, credentials: &str, extra: &str) -> Gateway {
     let config = s.path("gateway.yaml");
     std::fs::write(
         &config,
         format!(
             "orgs:\n  {ORG}:\n    provider: bedrock\n    bedrock:\n      region: us-east-1\n      \
              endpoint: {}\n      modelIds:\n        claude-sonnet-4-5: '{MODEL_ID}'\n      \
-             credentials: {{{credentials}}}\n",
+             credentials: {{{credentials}}}\n{extra}",
             standin.url(),
         ),
     )
@@ -195,4 +200,67 @@ async fn web_identity_credentials_come_from_sts_and_sign_with_their_session_toke
     assert_eq!(standin.sts_calls(), 1);
     let invoke = standin.requests().into_iter().find(|r| r.target.starts_with("/model/")).unwrap();
     assert!(invoke.header("x-amz-security-token").is_some(), "{:?}", invoke.headers);
+}
+
+/// Claude Code 2.1.332's `anthropic-beta` (CLIENTS.md): Anthropic-only names among them.
+const CLAUDE_CODE_BETAS: &str = "claude-code-20250219,interleaved-thinking-2025-05-14,\
+    context-management-2025-06-27,per-turn-control-2026-07-01,\
+    mid-conversation-tool-changes-2026-07-01,thinking-token-count-2026-05-13,\
+    advanced-tool-use-2025-11-20,effort-2025-11-24";
+
+/// A gateway whose org `acme` has `bedrock.betas: <betas>` (`None`: the key left out).
+async fn setup_betas(standin: &Bedrock, betas: Option<&str>) -> (Setup, Gateway) {
+    let s = Setup::new();
+    let aws = s.path("aws");
+    std::fs::create_dir(&aws).unwrap();
+    std::fs::write(aws.join("aws_access_key_id"), format!("{EXAMPLE_KEY_ID}\n")).unwrap();
+    std::fs::write(aws.join("aws_secret_access_key"), format!("{EXAMPLE_SECRET}\n")).unwrap();
+    let credentials = format!("secretDir: {}", aws.display());
+    let extra = betas.map(|b| format!("      betas: {b}\n")).unwrap_or_default();
+    let gw = start_with(&s, standin, &credentials, &extra).await;
+    (s, gw)
+}
+
+#[tokio::test]
+async fn betas_bedrock_does_not_take_are_left_out_not_refused() {
+    // The stand-in refuses beta names outside its own (AWS-documented) list, as Bedrock does.
+    let standin = Bedrock::start(BedrockConfig::default()).await.unwrap();
+    let (s, gw) = setup_betas(&standin, None).await;
+    let a =
+        post(&gw, &s, "/v1/messages", Some(CLAUDE_CODE_BETAS), &body(false, "claude-sonnet-4-5"))
+            .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let seen = standin.requests();
+    let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        sent["anthropic_beta"],
+        json!([
+            "claude-code-20250219",
+            "interleaved-thinking-2025-05-14",
+            "context-management-2025-06-27",
+            "effort-2025-11-24"
+        ])
+    );
+    let lines = audit_lines(&s.path("audit.log"), 1).await;
+    assert_eq!(lines[0]["status"], 200, "{}", lines[0]);
+
+    // The org's own list.
+    let standin = Bedrock::start(BedrockConfig::default()).await.unwrap();
+    let (s, gw) = setup_betas(&standin, Some("[interleaved-thinking-2025-05-14]")).await;
+    let a =
+        post(&gw, &s, "/v1/messages", Some(CLAUDE_CODE_BETAS), &body(true, "claude-sonnet-4-5"))
+            .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let sent: Value = serde_json::from_slice(&standin.requests()[0].body).unwrap();
+    assert_eq!(sent["anthropic_beta"], json!(["interleaved-thinking-2025-05-14"]));
+
+    // `'*'` passes every name: what Bedrock then says, in Anthropic's shape.
+    let standin = Bedrock::start(BedrockConfig::default()).await.unwrap();
+    let (s, gw) = setup_betas(&standin, Some("['*']")).await;
+    let a =
+        post(&gw, &s, "/v1/messages", Some(CLAUDE_CODE_BETAS), &body(false, "claude-sonnet-4-5"))
+            .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["error"]["type"], "invalid_request_error", "{}", a.text());
+    assert!(a.text().contains("invalid beta flag"), "{}", a.text());
 }

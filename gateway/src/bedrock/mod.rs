@@ -25,7 +25,8 @@ pub use credentials::{
 pub use eventstream::{EventStreamToSse, InvocationMetrics, JsonErrorToAnthropic, StreamError};
 pub use model::{ModelError, ModelMap};
 pub use request::{
-    ANTHROPIC_VERSION, BedrockRequest, RequestError, invoke_path, rewrite, rewrite_body,
+    ANTHROPIC_VERSION, BedrockRequest, DEFAULT_BETAS, RequestError, RewrittenBody, invoke_path,
+    rewrite, rewrite_body,
 };
 pub use sigv4::{SERVICE, SignError, sign_parts};
 

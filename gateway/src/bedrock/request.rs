@@ -9,6 +9,10 @@
 //!   `"anthropic_version": "bedrock-2023-05-31"`; the `anthropic-beta` header's
 //!   comma-separated values travel as the body array `anthropic_beta`.
 //! - `POST /v1/messages/count_tokens` has no Bedrock counterpart here: refused.
+//! - Bedrock refuses a beta name it does not take (400 `ValidationException`, "invalid beta
+//!   flag"), so only allowed names are passed on ([`DEFAULT_BETAS`]); the others are left
+//!   out, and said so, rather than refused: the agent believes it talks to Anthropic and
+//!   sends Anthropic's betas.
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -49,6 +53,41 @@ impl RequestError {
     }
 }
 
+/// The `anthropic_beta` values passed to Bedrock when the org's `bedrock.betas` is not set.
+///
+/// Sources: the Amazon Bedrock User Guide, "Anthropic Claude Messages API" → "Request and
+/// Response" (`anthropic_beta`, e.g. `computer-use-2024-10-22`), "Extended thinking"
+/// (`interleaved-thinking-2025-05-14`), "Anthropic Claude 3.7 Sonnet"
+/// (`output-128k-2025-02-19`, `computer-use-2025-01-24`), and the list of beta headers the
+/// Bedrock Invoke API takes as collected from AWS's documentation in BerriAI/litellm#19875.
+/// `claude-code-20250219` is not in AWS's list, but Claude Code configured for Bedrock sends
+/// it and Bedrock takes it (anthropics/claude-code#49648; Claude Opus 4.7 was an exception).
+/// Which betas Bedrock takes changes per model and over time: the list in an org's
+/// `bedrock.betas` is the operator's to keep current.
+pub const DEFAULT_BETAS: &[&str] = &[
+    "claude-code-20250219",
+    "computer-use-2024-10-22",
+    "computer-use-2025-01-24",
+    "token-efficient-tools-2025-02-19",
+    "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14",
+    "context-1m-2025-08-07",
+    "context-management-2025-06-27",
+    "effort-2025-11-24",
+    "tool-search-tool-2025-10-19",
+    "tool-examples-2025-10-29",
+];
+
+/// A body rewritten by [`rewrite_body`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrittenBody {
+    /// The Bedrock body.
+    pub body: Bytes,
+    /// The beta names left out because they are not allowed (in order, without repeats).
+    pub dropped_betas: Vec<String>,
+}
+
 /// What to send to Bedrock (before signing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BedrockRequest {
@@ -60,6 +99,8 @@ pub struct BedrockRequest {
     pub streaming: bool,
     /// The rewritten JSON body.
     pub body: Bytes,
+    /// The beta names left out because they are not allowed.
+    pub dropped_betas: Vec<String>,
 }
 
 /// Rewrites a Messages API call for Bedrock.
@@ -95,8 +136,14 @@ pub fn rewrite<'a>(
     };
     let model_id = models.bedrock_id(model)?.to_owned();
     let streaming = matches!(obj.get("stream"), Some(Value::Bool(true)));
-    let body = rewrite_object(obj, anthropic_beta, allowed_betas)?;
-    Ok(BedrockRequest { path: invoke_path(&model_id, streaming), model_id, streaming, body })
+    let RewrittenBody { body, dropped_betas } = rewrite_object(obj, anthropic_beta, allowed_betas)?;
+    Ok(BedrockRequest {
+        path: invoke_path(&model_id, streaming),
+        model_id,
+        streaming,
+        body,
+        dropped_betas,
+    })
 }
 
 /// `/model/{modelId}/invoke`, or `/model/{modelId}/invoke-with-response-stream` when
@@ -108,26 +155,32 @@ pub fn invoke_path(model_id: &str, streaming: bool) -> String {
 
 /// The body rewrite alone: drops `model` and `stream`, sets `anthropic_version` to
 /// [`ANTHROPIC_VERSION`], and puts `betas` (the `anthropic-beta` values, already allowed by
-/// the org's policy; comma-separated lists are split) into `anthropic_beta` (left out when
-/// empty). Errors: [`RequestError::InvalidJson`], [`RequestError::NotAnObject`].
-pub fn rewrite_body(body: &[u8], betas: &[&str]) -> Result<Bytes, RequestError> {
+/// the org's request policy; comma-separated lists are split) into `anthropic_beta` (left
+/// out when empty). `allowed_betas`: when `Some`, only these names are passed on, the others
+/// are returned in [`RewrittenBody::dropped_betas`]; `None` passes every name.
+/// Errors: [`RequestError::InvalidJson`], [`RequestError::NotAnObject`].
+pub fn rewrite_body(
+    body: &[u8],
+    betas: &[&str],
+    allowed_betas: Option<&[String]>,
+) -> Result<RewrittenBody, RequestError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     let Value::Object(obj) = value else {
         return Err(RequestError::NotAnObject);
     };
-    rewrite_object(obj, betas.iter().copied(), None)
+    rewrite_object(obj, betas.iter().copied(), allowed_betas)
 }
 
 fn rewrite_object<'a>(
     mut obj: Map<String, Value>,
     anthropic_beta: impl IntoIterator<Item = &'a str>,
     allowed_betas: Option<&[String]>,
-) -> Result<Bytes, RequestError> {
+) -> Result<RewrittenBody, RequestError> {
     obj.remove("model");
     obj.remove("stream");
     obj.insert("anthropic_version".into(), Value::String(ANTHROPIC_VERSION.into()));
-    let betas = merge_betas(&mut obj, anthropic_beta, allowed_betas);
+    let (betas, dropped_betas) = merge_betas(&mut obj, anthropic_beta, allowed_betas);
     if !betas.is_empty() {
         obj.insert(
             "anthropic_beta".into(),
@@ -135,16 +188,18 @@ fn rewrite_object<'a>(
         );
     }
     let body = serde_json::to_vec(&obj).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-    Ok(Bytes::from(body))
+    Ok(RewrittenBody { body: Bytes::from(body), dropped_betas })
 }
 
-/// The header's names plus any already in the body, in order, without repeats, filtered.
+/// The header's names plus any already in the body, in order, without repeats: the allowed
+/// ones and the dropped ones.
 fn merge_betas<'a>(
     obj: &mut Map<String, Value>,
     header: impl IntoIterator<Item = &'a str>,
     allowed: Option<&[String]>,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<String>) {
     let mut out: Vec<String> = Vec::new();
+    let mut dropped: Vec<String> = Vec::new();
     let from_body = match obj.remove("anthropic_beta") {
         Some(Value::Array(a)) => {
             a.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
@@ -153,15 +208,16 @@ fn merge_betas<'a>(
     };
     let from_header = header.into_iter().flat_map(|v| v.split(',')).map(|s| s.trim().to_owned());
     for name in from_body.into_iter().chain(from_header) {
-        if name.is_empty() || out.contains(&name) {
+        if name.is_empty() || out.contains(&name) || dropped.contains(&name) {
             continue;
         }
         if allowed.is_some_and(|a| !a.contains(&name)) {
+            dropped.push(name);
             continue;
         }
         out.push(name);
     }
-    out
+    (out, dropped)
 }
 
 /// Percent-encodes a URI path label: RFC 3986 §2.3 unreserved bytes stay, all else `%XX`.
@@ -244,6 +300,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(json(&r.body)["anthropic_beta"], serde_json::json!(["context-1m-2025-08-07"]));
+        assert_eq!(r.dropped_betas, ["oauth-2025-04-20"]);
         let r =
             rewrite("/v1/messages", ["oauth-2025-04-20"], Some(&allowed), body, &models()).unwrap();
         assert_eq!(json(&r.body).get("anthropic_beta"), None);
@@ -285,17 +342,60 @@ mod tests {
         let b = rewrite_body(
             br#"{"model":"m","stream":true,"anthropic_version":"x","system":"s"}"#,
             &["a,b", "a"],
+            None,
         )
         .unwrap();
+        assert!(b.dropped_betas.is_empty());
         assert_eq!(
-            json(&b),
+            json(&b.body),
             serde_json::json!({"anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["a", "b"], "system": "s"})
         );
         assert_eq!(
             invoke_path("anthropic.claude-v2:1", false),
             "/model/anthropic.claude-v2%3A1/invoke"
         );
-        assert_eq!(rewrite_body(b"1", &[]), Err(RequestError::NotAnObject));
+        assert_eq!(rewrite_body(b"1", &[], None), Err(RequestError::NotAnObject));
+    }
+
+    #[test]
+    fn body_betas_filtered_and_dropped_ones_named() {
+        // Claude Code 2.1.332's betas (see CLIENTS.md) against the default list.
+        let allowed: Vec<String> = DEFAULT_BETAS.iter().map(|s| (*s).to_owned()).collect();
+        let b = rewrite_body(
+            br#"{"model":"m","anthropic_beta":["output-128k-2025-02-19","x-1"]}"#,
+            &[
+                "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27",
+                "per-turn-control-2026-07-01, mid-conversation-tool-changes-2026-07-01",
+                "thinking-token-count-2026-05-13,advanced-tool-use-2025-11-20,effort-2025-11-24",
+                "x-1",
+            ],
+            Some(&allowed),
+        )
+        .unwrap();
+        assert_eq!(
+            json(&b.body)["anthropic_beta"],
+            serde_json::json!([
+                "output-128k-2025-02-19",
+                "claude-code-20250219",
+                "interleaved-thinking-2025-05-14",
+                "context-management-2025-06-27",
+                "effort-2025-11-24"
+            ])
+        );
+        assert_eq!(
+            b.dropped_betas,
+            [
+                "x-1",
+                "per-turn-control-2026-07-01",
+                "mid-conversation-tool-changes-2026-07-01",
+                "thinking-token-count-2026-05-13",
+                "advanced-tool-use-2025-11-20"
+            ]
+        );
+        // Nothing allowed: no `anthropic_beta` at all (an empty array is not sent).
+        let b = rewrite_body(br#"{"model":"m"}"#, &["a"], Some(&[])).unwrap();
+        assert_eq!(json(&b.body).get("anthropic_beta"), None);
+        assert_eq!(b.dropped_betas, ["a"]);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! - route: `/model/{modelId}/invoke[-with-response-stream]`, the model id from the org's
 //!   `modelIds`; `count_tokens` is refused (404);
 //! - body: `model` and `stream` out, `anthropic_version: bedrock-2023-05-31` and the
-//!   `anthropic-beta` values (as `anthropic_beta`) in;
+//!   `anthropic-beta` values (as `anthropic_beta`) in — only those in the org's
+//!   `bedrock.betas` (default [`crate::bedrock::DEFAULT_BETAS`]); the others are left out
+//!   (Bedrock would refuse the call) and counted in a debug log line;
 //! - credentials: the org's Secret directory or STS web identity; SigV4 over the final bytes;
 //! - answer: the event stream translated to SSE, Bedrock's errors to Anthropic's shape;
 //!   a non-streamed answer is already the Messages API's JSON.
@@ -50,6 +52,8 @@ pub struct Bedrock {
     /// The endpoint's authority, exactly as the upstream client sends it as `host` (signed).
     host: String,
     models: ModelMap,
+    /// The beta names passed on; `None`: all.
+    betas: Option<Vec<String>>,
     source: Source,
     client: UpstreamClient,
 }
@@ -105,7 +109,8 @@ impl Bedrock {
             }
         };
         let models = ModelMap::new(spec.model_ids.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Ok(Self { region: spec.region.clone(), host, models, source, client })
+        let betas = spec.passed_betas();
+        Ok(Self { region: spec.region.clone(), host, models, betas, source, client })
     }
 }
 
@@ -161,8 +166,18 @@ impl Provider for Bedrock {
     }
 
     fn body(&self, body: Bytes, call: &Call<'_>) -> Result<Bytes, ProviderError> {
-        rewrite_body(&body, call.betas)
-            .map_err(|e| ProviderError::Body { provider: NAME, why: e.to_string() })
+        let rewritten = rewrite_body(&body, call.betas, self.betas.as_deref())
+            .map_err(|e| ProviderError::Body { provider: NAME, why: e.to_string() })?;
+        if !rewritten.dropped_betas.is_empty() {
+            // Beta names are public feature names, never secrets.
+            tracing::debug!(
+                provider = NAME,
+                dropped = rewritten.dropped_betas.len(),
+                betas = ?rewritten.dropped_betas,
+                "anthropic-beta values not in the org's bedrock.betas left out of the request"
+            );
+        }
+        Ok(rewritten.body)
     }
 
     fn sign(

@@ -12,7 +12,9 @@
 //! - `POST /model/{modelId}/invoke`: the answer of the stand-in Anthropic provider
 //!   ([`crate::sse::message_json`], the scripted review of [`crate::review`] included) as JSON.
 //!   The body must be Bedrock's: no `model`, no `stream`, `anthropic_version:
-//!   bedrock-2023-05-31`; otherwise 400 `ValidationException`.
+//!   bedrock-2023-05-31`; otherwise 400 `ValidationException`. A name in `anthropic_beta`
+//!   that is not in [`BedrockConfig::betas`] is refused like real Bedrock does: 400
+//!   `ValidationException`, "invalid beta flag".
 //! - `POST /model/{modelId}/invoke-with-response-stream`: the same answer's SSE events, each
 //!   as an AWS event-stream message (`:event-type: chunk`, payload `{"bytes": base64}`),
 //!   framed by hand (prelude, string headers, CRC32 with `crc32fast`), with
@@ -87,7 +89,29 @@ pub struct BedrockConfig {
     /// `("throttlingException", "Too many tokens")`.
     pub stream_exception: Option<(String, String)>,
     pub sts: Option<StsConfig>,
+    /// The `anthropic_beta` names accepted; `None`: any. Default [`BEDROCK_BETAS`].
+    pub betas: Option<Vec<String>>,
 }
+
+/// The beta names the stand-in accepts by default: those the Amazon Bedrock User Guide
+/// documents for Anthropic Claude models ("Anthropic Claude Messages API", "Request and
+/// Response", `anthropic_beta`; "Extended thinking"; "Anthropic Claude 3.7 Sonnet"), plus
+/// `claude-code-20250219`, which Claude Code configured for Bedrock sends
+/// (anthropics/claude-code#49648). Kept here, apart from the gateway's default list, so a
+/// test through the stand-in checks the gateway's list rather than agreeing with itself.
+pub const BEDROCK_BETAS: &[&str] = &[
+    "claude-code-20250219",
+    "computer-use-2024-10-22",
+    "computer-use-2025-01-24",
+    "token-efficient-tools-2025-02-19",
+    "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14",
+    "context-1m-2025-08-07",
+    "context-management-2025-06-27",
+    "effort-2025-11-24",
+    "tool-search-tool-2025-10-19",
+];
 
 impl Default for BedrockConfig {
     fn default() -> Self {
@@ -98,6 +122,7 @@ impl Default for BedrockConfig {
             provider: ProviderConfig::default(),
             stream_exception: None,
             sts: None,
+            betas: Some(BEDROCK_BETAS.iter().map(|b| (*b).to_owned()).collect()),
         }
     }
 }
@@ -298,6 +323,22 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<RespBody
             "ValidationException",
             "Malformed input request: required key [anthropic_version] not found or not bedrock-2023-05-31",
         );
+    }
+    if let Some(beta) = request.get("anthropic_beta") {
+        let Some(names) =
+            beta.as_array().and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+        else {
+            return aws_error(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                "Malformed input request: anthropic_beta must be an array of strings",
+            );
+        };
+        if let Some(allowed) = &state.config.betas
+            && names.iter().any(|n| !allowed.iter().any(|a| a == n))
+        {
+            return aws_error(StatusCode::BAD_REQUEST, "ValidationException", "invalid beta flag");
+        }
     }
     let cfg = &state.config.provider;
     let id = format!("msg_bdrk_standin_{}", state.served.load(Ordering::SeqCst));
