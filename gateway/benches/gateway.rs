@@ -1,7 +1,8 @@
 //! Gateway benchmark (issues 7, 14, 15): `sanctum-gateway` (both token checks, DLP, budget,
 //! audit log) with the memory state and with the Redis state, against direct calls to the
 //! stand-in provider, optionally an older gateway binary (the baseline, for before/after
-//! ratios) and the LiteLLM proxy, all in the same run and the same rounds, on loopback.
+//! ratios), nginx as a bare proxy hop (the floor: what a zero-logic hop costs here) and the
+//! LiteLLM proxy, all in the same run and the same rounds, on loopback.
 //! Reports added latency p50/p99 (small and 100 KB bodies), throughput at saturation (small
 //! and 100 KB bodies) as subject ÷ direct per round, failed requests, RSS and thread budgets.
 //!
@@ -185,6 +186,22 @@ async fn run(s: &Settings) -> Result<(), String> {
             });
         }
     }
+    match subjects::nginx_bin() {
+        Some(bin) => {
+            let (proc_, target) =
+                subjects::nginx(bin, dir, standin_addr, s.gateway_threads).await?;
+            proc_.pause(true);
+            subjects.push(Subject {
+                series: series("nginx (bare proxy hop, the floor)", Kind::Floor),
+                target,
+                proc_: Some(proc_),
+                scale: 1,
+            });
+        }
+        None => {
+            eprintln!("nginx not installed (apt-get install -y nginx): measuring without the floor")
+        }
+    }
     match subjects::litellm_bin() {
         Some(bin) => match subjects::litellm(&bin, dir, &upstream).await {
             Ok((proc_, target)) => {
@@ -269,10 +286,15 @@ async fn run(s: &Settings) -> Result<(), String> {
         standin.threads_named("tokio-r"),
         s.load_threads,
         if redis.is_some() { ", redis-server 1 main thread" } else { "" },
-        if subjects.iter().any(|x| x.series.kind == Kind::Peer) {
-            ", LiteLLM 1 worker process"
-        } else {
-            ""
+        match (
+            subjects.iter().any(|x| x.series.kind == Kind::Floor),
+            subjects.iter().any(|x| x.series.kind == Kind::Peer),
+        ) {
+            (true, true) =>
+                format!(", nginx {} worker processes, LiteLLM 1 worker process", s.gateway_threads),
+            (true, false) => format!(", nginx {} worker processes", s.gateway_threads),
+            (false, true) => ", LiteLLM 1 worker process".to_string(),
+            (false, false) => String::new(),
         },
         s.cpus,
         if redis.is_some() {

@@ -25,6 +25,8 @@ pub enum Kind {
         baseline: bool,
         state: &'static str,
     },
+    /// A bare proxy hop (nginx): the floor any proxy reaches here.
+    Floor,
     Peer,
 }
 
@@ -176,6 +178,16 @@ pub fn render(series: &[Series]) -> String {
     }
 
     let ours = gateway(false, "memory");
+    if let (Some(ours), Some(floor)) = (ours, series.iter().find(|s| s.kind == Kind::Floor)) {
+        let _ = writeln!(
+            out,
+            "\n{} ÷ {} throughput (per round; the share of a bare hop's throughput the gateway keeps): small body {}, 100 KB body {}",
+            ours.name,
+            floor.name,
+            ratio_cell(&ratios(&pick(ours, RPS), &pick(floor, RPS))),
+            ratio_cell(&ratios(&pick(ours, RPSL), &pick(floor, RPSL))),
+        );
+    }
     if let (Some(ours), Some(peer)) = (ours, series.iter().find(|s| s.kind == Kind::Peer)) {
         let _ = writeln!(
             out,

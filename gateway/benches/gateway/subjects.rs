@@ -187,3 +187,83 @@ pub async fn litellm(bin: &Path, dir: &Path, upstream: &str) -> Result<(Proc, Ta
     }
     Ok((proc_, target))
 }
+
+/// nginx (Debian package `nginx`), if installed: the floor, a bare HTTP proxy hop.
+pub fn nginx_bin() -> Option<&'static str> {
+    ["/usr/sbin/nginx", "nginx"]
+        .into_iter()
+        .find(|n| Command::new(n).arg("-v").output().is_ok_and(|o| o.status.success()))
+}
+
+/// nginx as a zero-logic reverse proxy to the stand-in: the floor a proxy hop costs on this
+/// machine (the load generator, the stand-in and the proxy share the cores). `workers` worker
+/// processes (the gateway's thread count), keep-alive to the upstream, buffering off, no
+/// access log; the same headers as direct.
+pub async fn nginx(
+    bin: &str,
+    dir: &Path,
+    upstream: std::net::SocketAddr,
+    workers: usize,
+) -> Result<(Proc, Target), String> {
+    let listen = free_port();
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    let conf = d.join("nginx.conf");
+    std::fs::write(&conf, nginx_config(&d, listen, upstream, workers))
+        .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c").arg(&conf).arg("-p").arg(&d);
+    let mut proc_ = Proc::spawn("nginx", &mut cmd, Some(&d.join("stderr")))?;
+    let target = Target { addr: listen, headers: vec![("x-api-key", "sk-bench-org-key".into())] };
+    proc_
+        .wait_listening(listen, Duration::from_secs(20))
+        .await
+        .map_err(|e| format!("nginx {e}"))?;
+    if let Err(why) = load::until_ok(&target, &load::body(300), Duration::from_secs(20)).await {
+        return Err(format!("nginx answered no Messages call 200 ({why})"));
+    }
+    Ok((proc_, target))
+}
+
+/// The nginx configuration: foreground (`daemon off`) so its master stays the process group
+/// leader the benchmark kills; every path under `dir`.
+fn nginx_config(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    workers: usize,
+) -> String {
+    let d = dir.display();
+    format!(
+        r#"worker_processes {workers};
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    # Keep benchmark connections open (the defaults close after 1000 requests / 75 s).
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream standin {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://standin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            client_max_body_size 0;
+        }}
+    }}
+}}
+"#
+    )
+}
