@@ -45,6 +45,8 @@
 //!         #   tokenFile: /var/run/secrets/eks.amazonaws.com/serviceaccount/token
 //!         #   sessionName: sanctum-gateway     # optional
 //!         #   stsEndpoint: https://sts.eu-central-1.amazonaws.com   # optional (the default)
+//!       # betas: ['*']          # anthropic-beta names passed to Bedrock, the others left
+//!                               # out (not refused); default: bedrock::DEFAULT_BETAS
 //! ```
 //!
 //! The Rust shape of this file is [`crate::config`]; the Bedrock adapter takes its
