@@ -9,7 +9,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sanctum_common::headers::{AUTHORIZATION, CLIENT_CREDENTIALS, TXN_TOKEN};
-use sanctum_common::proxy::hop::strip_hop_by_hop;
 use sanctum_common::proxy::{Handler, ProxyBody, UpstreamClient};
 
 use crate::tokens::TokenFile;
@@ -56,10 +55,9 @@ impl Handler for Bridge {
     type Body = ProxyBody;
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        // The server shell has already removed the hop-by-hop headers (and those a client's
+        // `Connection` names), so a `Connection: txn-token` cannot remove the ones added here.
         let (mut parts, body) = req.into_parts();
-        // Hop-by-hop first: a `Connection: txn-token` from the client must not be able to
-        // remove the headers added below.
-        strip_hop_by_hop(&mut parts.headers);
         for name in CLIENT_CREDENTIALS {
             // `remove` drops every value of the name, whatever case it arrived in.
             parts.headers.remove(name);
