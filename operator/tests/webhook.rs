@@ -3,6 +3,7 @@
 //! bad input; the certificate reloaded on disk while an old connection keeps working.
 #![allow(clippy::unwrap_used)]
 
+use sanctum_testkit::tls::ca_and_cert;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,22 +18,6 @@ use sanctum_operator::config::OperatorConfig;
 use sanctum_operator::crd::IdentitySource;
 use sanctum_operator::webhook::server::{self, WebhookState};
 use serde_json::{Value, json};
-
-/// A CA and a serving certificate for 127.0.0.1 signed by it: (ca_pem, cert_pem, key_pem).
-fn certs(cn: &str) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{cn} CA"));
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
 
 struct Server {
     addr: SocketAddr,
@@ -51,7 +36,7 @@ fn config() -> OperatorConfig {
 
 async fn start(config: OperatorConfig) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certs("webhook");
+    let (ca, cert, key) = ca_and_cert("webhook").unwrap();
     std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
     std::fs::write(dir.path().join("tls.key"), &key).unwrap();
     std::fs::write(dir.path().join("ca.crt"), &ca).unwrap();
@@ -586,7 +571,7 @@ async fn certificate_reload_keeps_open_connections() {
     assert_eq!(status, 400);
 
     // Rotate to a pair from another CA, written the way a Secret volume update lands.
-    let (ca2, cert2, key2) = certs("rotated");
+    let (ca2, cert2, key2) = ca_and_cert("rotated").unwrap();
     let dir: &Path = s.dir.path();
     std::fs::write(dir.join("tls.key.new"), &key2).unwrap();
     std::fs::write(dir.join("tls.crt.new"), &cert2).unwrap();

@@ -216,15 +216,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Certificates and the server, on a runtime of their own.
     let dir = tempfile::tempdir()?;
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_pem = ca_params.self_signed(&ca_key)?.pem();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])?.signed_by(&key, &issuer)?;
-    std::fs::write(dir.path().join("tls.crt"), cert.pem())?;
-    std::fs::write(dir.path().join("tls.key"), key.serialize_pem())?;
+    let (ca_pem, cert, key) = sanctum_testkit::tls::ca_and_cert("sanctum admission bench")?;
+    std::fs::write(dir.path().join("tls.crt"), cert)?;
+    std::fs::write(dir.path().join("tls.key"), key)?;
     std::fs::write(dir.path().join("ca.crt"), &ca_pem)?;
     if args.decide_seconds > 0 {
         let (n, per_review) = decide_cpu(&review_body(), &ca_pem, args.decide_seconds)?;

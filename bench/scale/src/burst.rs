@@ -76,19 +76,6 @@ const NOOP_WEBHOOK: &str = "noop.burst.sanctum.dev";
 const WEBHOOK: &str = "annotated.inject.sanctum.dev";
 const NAME: &str = "sanctum-burst-bench";
 
-/// A CA and a serving certificate for 127.0.0.1: (ca_pem, cert_pem, key_pem).
-fn certs() -> Result<(String, String, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sanctum burst bench CA");
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])?.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
-}
-
 /// `sanctum-operator run` with its webhook on `127.0.0.1:webhook_port`.
 struct Operator(Child);
 impl Operator {
@@ -547,7 +534,7 @@ async fn main() -> Result<()> {
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
     let dir = tempfile::tempdir()?;
-    let (ca, cert, key) = certs()?;
+    let (ca, cert, key) = sanctum_testkit::tls::ca_and_cert("sanctum burst bench")?;
     let operator = Operator::start(&args, dir.path(), &ca, &cert, &key)?;
     for ns in [HOOK_NS, NOOP_NS, PLAIN_NS] {
         let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())

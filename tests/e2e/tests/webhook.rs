@@ -11,6 +11,7 @@
 //! scoped: a guard deletes them even when the test fails.
 #![allow(clippy::unwrap_used)]
 
+use sanctum_testkit::tls::ca_and_cert;
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,20 +31,6 @@ use sanctum_operator::tokens::Signer;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A CA and a serving certificate for 127.0.0.1: (ca_pem, cert_pem, key_pem).
-fn certs() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sanctum e2e webhook CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
 
 /// Deletes the cluster-scoped objects a test made, also when it panics.
 struct ClusterObjects {
@@ -269,7 +256,7 @@ async fn webhook_injects_over_tls_token_service_trades_and_policy_fails_closed()
         .await;
 
     // The operator as its own ServiceAccount, serving the webhook and token service.
-    let (ca, cert, key) = certs();
+    let (ca, cert, key) = ca_and_cert("sanctum e2e webhook").unwrap();
     for (file, pem) in [("ca.crt", &ca), ("tls.crt", &cert), ("tls.key", &key)] {
         std::fs::write(dir.path().join(file), pem).unwrap();
     }

@@ -46,6 +46,7 @@ pub mod jwt;
 pub mod misbehave;
 pub mod review;
 pub mod sse;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
