@@ -182,13 +182,21 @@ cmd_build() {
   parent="$(dirname "$BIN_DIR")"
   mkdir -p "$BIN_DIR"
   chmod 755 "$BIN_DIR"
-  rm -rf "$parent"/bin.tmp.* "$parent"/bin.old.* "$parent"/tmp.*
+  # (Module caches are read-only files: make them writable to remove them.)
+  chmod -R u+w "$parent"/go.* 2>/dev/null || true
+  rm -rf "$parent"/bin.tmp.* "$parent"/bin.old.* "$parent"/tmp.* "$parent"/go.*
   rm -f "$BIN_DIR/.complete"   # (the single stamp of before the groups)
+  # The Go build and module caches serve this build only (about 10 GB for Kubernetes and the
+  # rest); the binaries are what is kept. Private caches, removed afterwards, keep them off
+  # the disk of a machine that has everything built.
+  GO_TMP="$(mktemp -d "$parent/go.XXXXXX")"
+  export GOCACHE="$GO_TMP/cache" GOMODCACHE="$GO_TMP/mod"
   start=$SECONDS
   for g in "${BUILD_GROUPS[@]}"; do
     build_group "$g" || failed+=("$g")
   done
   build_images || failed+=(images)
+  chmod -R u+w "$GO_TMP" && rm -rf "$GO_TMP"
   if ((${#failed[@]})); then
     die "build of ${failed[*]} failed (see the go output above; the other groups are in $BIN_DIR)"
   fi
