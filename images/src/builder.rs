@@ -2,7 +2,9 @@
 //!
 //! Every image: the catalog's files, the loader and shared libraries they need, `/etc/passwd`
 //! and `/etc/group` with `nonroot` (65532), the CA bundle when the binary calls out over TLS,
-//! user `65532:65532`, and the `org.opencontainers.image.*` annotations. Nothing in an image is
+//! user `65532:65532`, and the `org.opencontainers.image.*` annotations. The native Claude Code
+//! CLI goes alone into a shared bottom layer ([`Image::shared_layers`]); everything else is in
+//! the image's own top layer. Nothing in an image is
 //! written at run time outside `HOME`/`TMPDIR`: the root filesystem is read-only in the pod.
 
 use std::collections::BTreeMap;
@@ -79,9 +81,21 @@ pub fn input_path(def: &ImageDef, input: Input, ctx: &Context) -> Result<PathBuf
 /// [`Error::MissingInput`] when a binary is not built; as [`Image::add_shared_libraries`].
 pub fn assemble(def: &ImageDef, ctx: &Context) -> Result<Image> {
     let mut tree = Tree::new();
+    let mut shared_layers = Vec::new();
     for (input, dest) in def.files {
-        // Executables whatever the host mode (npm unpacks with the archive's modes).
-        tree.insert_host_file(&input_path(def, *input, ctx)?, dest, 0o555)?;
+        let src = input_path(def, *input, ctx)?;
+        match input {
+            // The native CLI (402 MB) is the same file in the agent and scanner images: alone
+            // in a bottom layer, with a mode that does not depend on how npm unpacked it, it is
+            // the same blob in both, so containerd stores and unpacks it once.
+            Input::NativeClaude => {
+                let mut shared = Tree::new();
+                shared.insert(dest, Node::File { source: Source::Host(src), mode: 0o555 })?;
+                shared_layers.push(shared);
+            }
+            // Executables whatever the host mode.
+            Input::Release { .. } => tree.insert_host_file(&src, dest, 0o555)?,
+        }
     }
     let reference = def.reference(&ctx.version);
     let annotations: BTreeMap<String, String> = [
@@ -98,6 +112,7 @@ pub fn assemble(def: &ImageDef, ctx: &Context) -> Result<Image> {
     .collect();
     let mut image = Image {
         reference,
+        shared_layers,
         tree,
         entrypoint: def.entrypoint.iter().map(|s| (*s).to_owned()).collect(),
         user: Some(catalog::USER.to_owned()),
@@ -126,7 +141,7 @@ fn fingerprint(image: &Image) -> Result<String> {
     let mut hash = Sha256::new();
     hash.update(env!("CARGO_PKG_VERSION"));
     hash.update(format!("{image:?}"));
-    for (_, node) in image.tree.nodes() {
+    for (_, node) in image.layers().flat_map(Tree::nodes) {
         if let Node::File { source: Source::Host(src), .. } = node {
             let meta = std::fs::metadata(src).map_err(io("stat", src))?;
             let mtime = meta

@@ -1,4 +1,4 @@
-//! An image definition: one layer's tree plus the runtime config and annotations.
+//! An image definition: its layers' trees plus the runtime config and annotations.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,15 @@ use crate::layer::{Node, Source, Tree};
 pub struct Image {
     /// The reference containerd tags it as, e.g. `ghcr.io/sanctum-dev/sanctum-bridge:0.1.0`.
     pub reference: String,
-    /// The single layer's content.
+    /// Lower layers shared with other images, bottom first, each written as its own layer
+    /// under [`Image::tree`]. Why: containerd keys blobs by digest and snapshots by chain id
+    /// (the digests of a layer and of every layer under it, OCI image-spec `config.md`), so a
+    /// tree written with the same content and the same [`Image::epoch`] is the same blob in
+    /// every image that carries it, stored and unpacked once, and pulled once; it must be at
+    /// the bottom, since a layer's chain id covers everything beneath it. The 402 MB native
+    /// Claude Code CLI of the agent and scanner images is the case ([`crate::builder`]).
+    pub shared_layers: Vec<Tree>,
+    /// The image's own (top) layer: its binary, libraries, users, CA bundle.
     pub tree: Tree,
     /// `Entrypoint` (exec form; there is no shell).
     pub entrypoint: Vec<String>,
@@ -38,21 +46,34 @@ impl Image {
         rfc3339(self.epoch)
     }
 
-    /// Adds the loader and the shared libraries every ELF regular file of the tree needs, at the
-    /// paths this host's loader would open them (distroless `cc` by construction).
+    /// The layers' trees, bottom first: [`Image::shared_layers`], then [`Image::tree`].
+    pub fn layers(&self) -> impl Iterator<Item = &Tree> {
+        self.shared_layers.iter().chain(std::iter::once(&self.tree))
+    }
+
+    /// Adds to the top layer the loader and the shared libraries every ELF regular file of any
+    /// layer needs, at the paths this host's loader would open them (distroless `cc` by
+    /// construction). A library a shared layer already holds from the same host file is not
+    /// added again.
     ///
     /// # Errors
     /// As [`elf::resolve`].
     pub fn add_shared_libraries(&mut self) -> Result<()> {
         let mut binaries = Vec::new();
-        for dest in self.tree.files() {
-            if let Some(Source::Host(src)) = self.tree.source_of(&dest)
-                && elf::is_elf(&src)?
-            {
-                binaries.push(src);
+        for tree in self.layers() {
+            for dest in tree.files() {
+                if let Some(Source::Host(src)) = tree.source_of(&dest)
+                    && elf::is_elf(&src)?
+                {
+                    binaries.push(src);
+                }
             }
         }
         for (dest, src) in elf::resolve(&binaries, &elf::library_dirs())? {
+            let below = Some(Source::Host(src.clone()));
+            if self.shared_layers.iter().any(|t| t.source_of(&dest) == below) {
+                continue;
+            }
             self.tree.insert_host_file(&src, &dest, 0)?;
         }
         Ok(())

@@ -1,9 +1,10 @@
 //! Writes an image as an OCI image-layout archive (`oci-layout`, `index.json`,
 //! `blobs/sha256/<hex>` in one tar), the format `ctr images import` reads.
 //!
-//! The layer is stored uncompressed (`application/vnd.oci.image.layer.v1.tar`): the archive
-//! goes straight from this disk into containerd's content store, so compressing would only cost
-//! time (the agent image carries a 400 MB binary).
+//! One layer per tree of the image, bottom first ([`Image::layers`]), each stored uncompressed
+//! (`application/vnd.oci.image.layer.v1.tar`, so its diff_id is its digest): the archive goes
+//! straight from this disk into containerd's content store, so compressing would only cost
+//! time (the agent image carries a 400 MB binary). A blob two layers share is stored once.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -37,7 +38,8 @@ pub struct Written {
     pub config_digest: String,
     /// Bytes of the archive file.
     pub archive_size: u64,
-    /// Bytes of the (uncompressed) layer.
+    /// Bytes of the (uncompressed) layers, summed over all of them (a layer the image holds
+    /// twice counts twice).
     pub layer_size: u64,
 }
 
@@ -114,6 +116,53 @@ fn platform_arch() -> oci_spec::image::Arch {
     }
 }
 
+/// One layer written to its scratch file: `sha256` hex of its bytes and their count.
+struct Layer {
+    hex: String,
+    size: u64,
+    path: PathBuf,
+}
+
+/// A blob of the archive: a JSON document in memory or a layer in its scratch file.
+enum Blob<'a> {
+    Bytes(&'a [u8]),
+    Layer(&'a Layer),
+}
+
+/// The layers' scratch files, removed when the archive is written or its writing fails.
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            // Best effort: a scratch file left behind is overwritten by the next build.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// One `history` entry per layer, bottom first (what `docker history` and `crane config`
+/// show), so the shared ones say what they are.
+fn history(image: &Image, created: &str) -> Result<Vec<oci_spec::image::History>> {
+    let by = format!("sanctum-images {}", env!("CARGO_PKG_VERSION"));
+    let shared = image.shared_layers.len();
+    (0..=shared)
+        .map(|i| {
+            let comment = if i < shared {
+                format!("shared layer {} of {shared}", i + 1)
+            } else {
+                "image layer".to_owned()
+            };
+            HistoryBuilder::default()
+                .created(created.to_owned())
+                .created_by(by.clone())
+                .comment(comment)
+                .build()
+                .map_err(spec_err("history"))
+        })
+        .collect()
+}
+
 /// Writes `image` as an OCI image-layout archive at `out` (through `out.partial`, renamed at
 /// the end so a reader never sees half an archive).
 ///
@@ -124,16 +173,21 @@ pub fn write_archive(image: &Image, out: &Path) -> Result<Written> {
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("create the directory", dir))?;
 
-    // 1. The layer, streamed to a scratch file while hashing: its size must be known before it
-    //    goes into the archive.
-    let layer_path = out.with_extension("layer.partial");
-    let layer_file = File::create(&layer_path).map_err(io("create", &layer_path))?;
-    let hashing = Hashing { inner: BufWriter::new(layer_file), hash: Sha256::new(), len: 0 };
-    let mut hashing = image.tree.write_tar(image.epoch, hashing)?;
-    hashing.flush().map_err(io("write", &layer_path))?;
-    let layer_hex = format!("{:x}", hashing.hash.finalize_reset());
-    let layer_size = hashing.len;
-    drop(hashing);
+    // 1. The layers, bottom first, each streamed to its own scratch file while hashing: a
+    //    blob's size must be known before it goes into the archive.
+    let mut scratch = Scratch(Vec::new());
+    let mut layers: Vec<Layer> = Vec::new();
+    for (i, tree) in image.layers().enumerate() {
+        let path = out.with_extension(format!("layer{i}.partial"));
+        let file = File::create(&path).map_err(io("create", &path))?;
+        scratch.0.push(path.clone());
+        let hashing = Hashing { inner: BufWriter::new(file), hash: Sha256::new(), len: 0 };
+        let mut hashing = tree.write_tar(image.epoch, hashing)?;
+        hashing.flush().map_err(io("write", &path))?;
+        let hex = format!("{:x}", hashing.hash.finalize_reset());
+        layers.push(Layer { hex, size: hashing.len, path });
+    }
+    let layer_size = layers.iter().map(|l| l.size).sum();
 
     let created = image.created();
     let mut config = ConfigBuilder::default();
@@ -165,33 +219,32 @@ pub fn write_archive(image: &Image, out: &Path) -> Result<Written> {
         .rootfs(
             RootFsBuilder::default()
                 .typ("layers")
-                .diff_ids(vec![format!("sha256:{layer_hex}")])
+                .diff_ids(layers.iter().map(|l| format!("sha256:{}", l.hex)).collect::<Vec<_>>())
                 .build()
                 .map_err(spec_err("rootfs"))?,
         )
-        .history(vec![
-            HistoryBuilder::default()
-                .created(created)
-                .created_by(format!("sanctum-images {}", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(spec_err("history"))?,
-        ])
+        .history(history(image, &created)?)
         .build()
         .map_err(spec_err("config"))?;
 
     let mut blobs = BTreeMap::new();
     let config_desc = json_blob(MediaType::ImageConfig, &image_config, &mut blobs)?;
-    let layer_desc = DescriptorBuilder::default()
-        .media_type(MediaType::ImageLayer)
-        .digest(sha256_digest(&layer_hex))
-        .size(layer_size)
-        .build()
-        .map_err(spec_err("layer descriptor"))?;
+    let layer_descs = layers
+        .iter()
+        .map(|l| {
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageLayer)
+                .digest(sha256_digest(&l.hex))
+                .size(l.size)
+                .build()
+                .map_err(spec_err("layer descriptor"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(config_desc.clone())
-        .layers(vec![layer_desc]);
+        .layers(layer_descs);
     if !image.annotations.is_empty() {
         manifest = manifest.annotations(
             image.annotations.clone().into_iter().collect::<std::collections::HashMap<_, _>>(),
@@ -245,21 +298,24 @@ pub fn write_archive(image: &Image, out: &Path) -> Result<Written> {
         tar.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), d, io::empty())
             .map_err(wrap)?;
     }
-    let mut all: BTreeMap<String, Option<&[u8]>> =
-        blobs.iter().map(|(k, v)| (k.clone(), Some(v.as_slice()))).collect();
-    all.insert(layer_hex.clone(), None);
-    for (hex, bytes) in all {
+    // Blobs by digest: a layer that two of the image's trees share is stored once.
+    let mut all: BTreeMap<&str, Blob> =
+        blobs.iter().map(|(k, v)| (k.as_str(), Blob::Bytes(v.as_slice()))).collect();
+    for l in &layers {
+        all.entry(l.hex.as_str()).or_insert(Blob::Layer(l));
+    }
+    for (hex, blob) in all {
         let name = format!("blobs/sha256/{hex}");
-        match bytes {
-            Some(b) => tar
+        match blob {
+            Blob::Bytes(b) => tar
                 .append_data(&mut header(tar::EntryType::Regular, 0o644, b.len() as u64), &name, b)
                 .map_err(wrap)?,
-            None => {
-                let layer = File::open(&layer_path).map_err(io("open", &layer_path))?;
+            Blob::Layer(l) => {
+                let layer = File::open(&l.path).map_err(io("open", &l.path))?;
                 tar.append_data(
-                    &mut header(tar::EntryType::Regular, 0o644, layer_size),
+                    &mut header(tar::EntryType::Regular, 0o644, l.size),
                     &name,
-                    io::Read::take(layer, layer_size),
+                    io::Read::take(layer, l.size),
                 )
                 .map_err(wrap)?;
             }
@@ -278,7 +334,7 @@ pub fn write_archive(image: &Image, out: &Path) -> Result<Written> {
     let mut buf = tar.into_inner().map_err(wrap)?;
     buf.flush().map_err(wrap)?;
     drop(buf);
-    std::fs::remove_file(&layer_path).map_err(io("remove", &layer_path))?;
+    drop(scratch);
     std::fs::rename(&partial, out).map_err(io("rename into place", PathBuf::from(out)))?;
     let archive_size = std::fs::metadata(out).map_err(io("stat", out))?.len();
     Ok(Written {

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,15 +95,7 @@ fn every_image_has_its_files_user_annotations_and_no_shell() {
     }
     let passwd = {
         let image = common::check(&out.join("sanctum-bridge.tar"), &reference("sanctum-bridge"));
-        let mut archive = tar::Archive::new(image.layer_bytes.as_slice());
-        let mut text = String::new();
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            if entry.path().unwrap() == Path::new("etc/passwd") {
-                std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
-            }
-        }
-        text
+        String::from_utf8(image.file("etc/passwd").expect("etc/passwd")).unwrap()
     };
     assert!(passwd.contains("nonroot:x:65532:65532:"), "{passwd}");
     let gateway = common::check(&out.join("sanctum-gateway.tar"), &reference("sanctum-gateway"));
@@ -110,6 +103,86 @@ fn every_image_has_its_files_user_annotations_and_no_shell() {
         gateway.config.config().as_ref().unwrap().entrypoint().as_deref(),
         Some(&["/usr/local/bin/sanctum-gateway".to_owned()][..])
     );
+}
+
+/// The agent and scanner images carry the native CLI alone in an identical bottom layer, so
+/// containerd stores and unpacks it once for both; their own files are in a top layer each.
+#[test]
+fn the_claude_images_share_the_cli_as_their_first_layer() {
+    let root = fake_root(true);
+    let out = root.path().join("images");
+    let names = ["sanctum-agent", "sanctum-scanner", "sanctum-bridge"];
+    let (ok, stdout, stderr) = build(root.path(), &out, &names);
+    assert!(ok, "{stdout}{stderr}");
+    let check = |n: &str| common::check(&out.join(format!("{n}.tar")), &reference(n));
+    let (agent, scanner) = (check("sanctum-agent"), check("sanctum-scanner"));
+    assert_eq!(agent.layers.len(), 2, "the CLI's layer, then the image's own");
+    assert_eq!(scanner.layers.len(), 2);
+    assert_eq!(check("sanctum-bridge").layers.len(), 1, "an image without the CLI has one layer");
+
+    let (shared, other) = (&agent.layers[0], &scanner.layers[0]);
+    assert_eq!(shared.digest, other.digest, "the first layer is the same blob in both");
+    assert_eq!(agent.manifest.layers()[0], scanner.manifest.layers()[0]);
+    let claude = catalog::CLAUDE_IN_IMAGE.trim_start_matches('/');
+    assert_eq!(shared.paths(), ["usr", "usr/local", "usr/local/bin", claude], "only the CLI");
+    let cli = shared.entries.iter().find(|e| e.path == claude).unwrap();
+    assert_eq!((cli.mode, cli.uid, cli.gid), (0o555, 0, 0), "read-only executable, root's");
+    assert_eq!(agent.file(claude).unwrap(), std::fs::read("/bin/true").unwrap());
+
+    let (agent_top, scanner_top) = (&agent.layers[1], &scanner.layers[1]);
+    assert_ne!(agent_top.digest, scanner_top.digest, "each image's own files differ");
+    for (image, top, bin) in
+        [(&agent, agent_top, "sanctum-agent"), (&scanner, scanner_top, "sanctum-scanner")]
+    {
+        assert!(!top.paths().contains(&claude), "{bin}: the CLI is only in the shared layer");
+        // The root filesystem holds what the single layer held before.
+        let all: BTreeSet<&str> = image.layer.iter().map(|e| e.path.as_str()).collect();
+        let own = format!("usr/local/bin/{bin}");
+        for p in [
+            own.as_str(),
+            claude,
+            "lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/libc.so.6",
+            "etc/passwd",
+            "etc/group",
+            "home/nonroot",
+            "tmp",
+        ] {
+            assert!(all.contains(p), "{bin} holds {p}: {all:?}");
+        }
+        assert!(top.paths().contains(&own.as_str()) && top.paths().contains(&"etc/passwd"));
+    }
+}
+
+/// The real consumer: containerd imports both Claude images, commits the CLI's layer as one
+/// snapshot (its chain id is its diff_id, being the bottom layer) that both images' top
+/// snapshots sit on, and runs the CLI from the lower layer with the libraries of the top one.
+#[test]
+fn containerd_unpacks_the_shared_cli_layer_once() {
+    let Some(bin) = common::containerd_bin() else {
+        eprintln!("SKIPPED: no containerd + ctr here (set SANCTUM_CONTAINERD_BIN)");
+        return;
+    };
+    let root = fake_root(true);
+    let out = root.path().join("images");
+    let names = ["sanctum-agent", "sanctum-scanner"];
+    let (ok, stdout, stderr) = build(root.path(), &out, &names);
+    assert!(ok, "{stdout}{stderr}");
+    let agent = common::check(&out.join("sanctum-agent.tar"), &reference("sanctum-agent"));
+    let shared = agent.layers[0].digest.as_str();
+    let ctd = common::containerd::Private::start(&bin, root.path());
+    for n in names {
+        ctd.ctr(&["images", "import", out.join(format!("{n}.tar")).to_str().unwrap()]);
+    }
+    let snapshots = ctd.ctr(&["snapshots", "ls"]);
+    let committed: Vec<&str> = snapshots.lines().filter(|l| l.contains("Committed")).collect();
+    assert_eq!(committed.len(), 3, "the CLI's layer once, a top layer per image: {snapshots}");
+    let column =
+        |i: usize| committed.iter().filter(|l| l.split_whitespace().nth(i) == Some(shared)).count();
+    assert_eq!(column(0), 1, "{snapshots}");
+    assert_eq!(column(1), 2, "both top layers sit on the CLI's: {snapshots}");
+    let r = reference("sanctum-scanner");
+    ctd.ctr(&["run", "--rm", "--read-only", &r, "shared-cli", catalog::CLAUDE_IN_IMAGE]);
 }
 
 #[test]

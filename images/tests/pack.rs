@@ -36,6 +36,7 @@ fn pack_writes_a_valid_layout_with_the_files_libs_and_config() {
     let dir = tempfile::tempdir().unwrap();
     let out = pack(dir.path(), "a.tar", None);
     let image = common::check(&out, REF);
+    assert_eq!(image.layers.len(), 1, "pack writes one layer");
 
     let cfg = image.config.config().as_ref().expect("a runtime config");
     assert_eq!(cfg.entrypoint().as_deref(), Some(&["/usr/bin/echo".to_owned()][..]));

@@ -22,14 +22,44 @@ pub struct LayerEntry {
     pub size: u64,
 }
 
+/// One layer of the image, as the manifest lists it.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub entries: Vec<LayerEntry>,
+    pub bytes: Vec<u8>,
+}
+
+impl Layer {
+    pub fn paths(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.path.as_str()).collect()
+    }
+}
+
 /// An archive read back and checked.
 pub struct Checked {
     pub index: ImageIndex,
     pub manifest: ImageManifest,
     pub manifest_digest: String,
     pub config: ImageConfiguration,
+    /// The layers, bottom first.
+    pub layers: Vec<Layer>,
+    /// The entries of all layers, bottom layer's first (a directory two layers hold is listed
+    /// twice): what the image's root filesystem holds.
     pub layer: Vec<LayerEntry>,
-    pub layer_bytes: Vec<u8>,
+}
+
+impl Checked {
+    /// The bytes of the regular file at relative path `path` in the topmost layer holding it.
+    pub fn file(&self, path: &str) -> Option<Vec<u8>> {
+        self.layers.iter().rev().find_map(|l| {
+            read_entries(&l.bytes)
+                .into_iter()
+                .find(|(h, _)| h.entry_type() == tar::EntryType::Regular && path_of(h) == path)
+                .map(|(_, data)| data)
+        })
+    }
 }
 
 fn read_entries(bytes: &[u8]) -> Vec<(tar::Header, Vec<u8>)> {
@@ -50,16 +80,19 @@ fn path_of(h: &tar::Header) -> String {
 }
 
 /// Reads `archive` and asserts the image-layout rules: `oci-layout` version, `index.json`
-/// with one manifest named `reference` (both annotations), every blob's name is the sha256 of
-/// its bytes and its size is the descriptor's, the config's diff_id is the layer's digest, and the
-/// layer has every parent before its children.
+/// with one manifest named `reference` (both annotations), every blob is in the archive once,
+/// its name is the sha256 of its bytes and its size is the descriptor's, the config's diff_ids
+/// are the layers' digests in order with one history entry each, and every layer is sorted with
+/// every parent before its children.
 pub fn check(archive: &Path, reference: &str) -> Checked {
     let bytes = std::fs::read(archive).expect("the archive");
     let mut files = BTreeMap::new();
     for (h, data) in read_entries(&bytes) {
         assert_eq!(h.uid().unwrap(), 0, "archive entries are owned by root");
         if h.entry_type() == tar::EntryType::Regular {
-            files.insert(path_of(&h), data);
+            let path = path_of(&h);
+            assert!(!files.contains_key(&path), "{path} is in the archive once");
+            files.insert(path, data);
         }
     }
     let layout: serde_json::Value = serde_json::from_slice(&files["oci-layout"]).unwrap();
@@ -99,19 +132,36 @@ pub fn check(archive: &Path, reference: &str) -> Checked {
         manifest.config().size(),
     ))
     .unwrap();
-    assert_eq!(manifest.layers().len(), 1);
-    let layer_desc = &manifest.layers()[0];
-    assert_eq!(layer_desc.media_type(), &MediaType::ImageLayer);
-    let layer_bytes = blob(layer_desc.digest().as_ref(), layer_desc.size());
+    assert!(!manifest.layers().is_empty(), "the image has a layer");
+    let layers: Vec<Layer> = manifest
+        .layers()
+        .iter()
+        .map(|d| {
+            assert_eq!(d.media_type(), &MediaType::ImageLayer);
+            let bytes = blob(d.digest().as_ref(), d.size());
+            Layer { digest: d.digest().to_string(), entries: check_layer(&bytes), bytes }
+        })
+        .collect();
     assert_eq!(
         config.rootfs().diff_ids(),
-        &vec![layer_desc.digest().to_string()],
-        "an uncompressed layer's diff_id is its digest"
+        &layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>(),
+        "an uncompressed layer's diff_id is its digest, in the manifest's order"
     );
+    assert_eq!(
+        config.history().as_ref().map(Vec::len),
+        Some(layers.len()),
+        "one history entry per layer"
+    );
+    let layer = layers.iter().flat_map(|l| l.entries.iter().cloned()).collect();
+    let manifest_digest = desc.digest().to_string();
+    Checked { index, manifest_digest, manifest, config, layers, layer }
+}
 
+/// A layer's entries, asserting they are relative, sorted, and every parent comes first.
+fn check_layer(bytes: &[u8]) -> Vec<LayerEntry> {
     let mut layer = Vec::new();
     let mut seen_dirs = std::collections::BTreeSet::new();
-    for (h, _) in read_entries(&layer_bytes) {
+    for (h, _) in read_entries(bytes) {
         let path = path_of(&h);
         assert!(!path.starts_with('/') && !path.contains(".."), "{path} is relative");
         if let Some(parent) = Path::new(&path).parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -137,8 +187,7 @@ pub fn check(archive: &Path, reference: &str) -> Checked {
     let mut sorted = paths.clone();
     sorted.sort();
     assert_eq!(paths, sorted, "layer entries are sorted");
-    let manifest_digest = desc.digest().to_string();
-    Checked { index, manifest_digest, manifest, config, layer, layer_bytes }
+    layer
 }
 
 /// A containerd and ctr to import into, when this machine has them: `SANCTUM_CONTAINERD_BIN`
