@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::headers::{RETRY_AFTER, X_SHOULD_RETRY};
 
-/// Anthropic error `type`s (https://docs.anthropic.com/en/api/errors).
+/// Anthropic error `type`s (<https://docs.anthropic.com/en/api/errors>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {

@@ -71,7 +71,7 @@ pub struct Options {
     /// Address to listen on (all interfaces, e.g. 0.0.0.0:8443: the gateway is a Service).
     #[arg(long, env = "SANCTUM_LISTEN")]
     pub listen: SocketAddr,
-    /// Provider base URL, e.g. https://api.anthropic.com.
+    /// Provider base URL, e.g. `https://api.anthropic.com`.
     #[arg(long, env = "SANCTUM_UPSTREAM")]
     pub upstream: String,
     /// JWKS that verifies JWT-SVIDs: a file (reloaded on change) or a URL (a JWKS, or an OIDC
@@ -139,7 +139,7 @@ pub struct Options {
     pub metrics_tenant_labels: bool,
 
     /// JWT-SVID subjects allowed; '*' matches one path segment. Repeat or comma-separate.
-    /// Default: spiffe://<trust-domain>/scanner/*. For ServiceAccount-token identities add
+    /// Default: `spiffe://<trust-domain>/scanner/*`. For ServiceAccount-token identities add
     /// e.g. 'system:serviceaccount:scan-run:*'.
     #[arg(long, env = "SANCTUM_ALLOWED_SUB", value_delimiter = ',')]
     pub allowed_sub: Vec<String>,

@@ -10,14 +10,14 @@
 //!    [`Provider::route`] — the provider's path for it
 //! 7. [`dlp::screen`] — secrets blocked or redacted; [`Provider::body`] — the body for the
 //!    provider
-//! 8. [`outgoing`] + [`Provider::sign`] — the request that leaves (client credentials
+//! 8. `outgoing` + [`Provider::sign`] — the request that leaves (client credentials
 //!    removed, the org's added, signed over the final bytes)
 //! 9. [`budget::reserve`] — spend still being recorded, then the budget reservation (last:
 //!    a reservation is never left behind by a later refusal)
-//! 10. [`forward::forward`] — sent; the answer [metered](crate::metered) on its way, then
+//! 10. `forward::forward` — sent; the answer [metered](crate::metered) on its way, then
 //!     [settled](crate::settle) (budget, token metrics, audit line)
 //!
-//! A refusal at any step is answered by [`Gateway::refuse`]: metrics, log and audit line.
+//! A refusal at any step is answered by `Gateway::refuse`: metrics, log and audit line.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
