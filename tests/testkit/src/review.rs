@@ -23,11 +23,13 @@ pub const BAD_LINE: u64 = 9999;
 /// The file every scripted finding is in, relative to the repository.
 pub const FILE: &str = "app.py";
 
-/// One scripted finding: rule, title, severity, CWE and the snippet that locates its line.
+/// One scripted finding: rule, title, what is wrong, severity, CWE and the snippet that
+/// locates its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Planted {
     pub rule_id: &'static str,
     pub title: &'static str,
+    pub description: &'static str,
     pub severity: &'static str,
     pub cwe: &'static str,
     pub snippet: &'static str,
@@ -38,6 +40,7 @@ pub const FINDINGS: [Planted; 3] = [
     Planted {
         rule_id: "sql-injection",
         title: "SQL injection in /login",
+        description: "The form's username and password are formatted into the SQL text, so a crafted value changes the query.",
         severity: "high",
         cwe: "CWE-89",
         snippet: "query = \"SELECT",
@@ -45,6 +48,7 @@ pub const FINDINGS: [Planted; 3] = [
     Planted {
         rule_id: "command-injection",
         title: "OS command injection in /ping",
+        description: "The host parameter reaches a shell (shell=True): `;` or `$(...)` in it runs commands.",
         severity: "critical",
         cwe: "CWE-78",
         snippet: "shell=True",
@@ -52,6 +56,7 @@ pub const FINDINGS: [Planted; 3] = [
     Planted {
         rule_id: "hardcoded-secret",
         title: "Hard-coded payment API key",
+        description: "A payment API key is in the source, readable by anyone who can read the repository.",
         severity: "medium",
         cwe: "CWE-798",
         snippet: "PAYMENT_API_KEY = \"",
@@ -126,7 +131,7 @@ fn finding(p: &Planted, line: u64) -> Value {
     json!({
         "rule_id": p.rule_id,
         "title": p.title,
-        "description": format!("{} (planted, {}).", p.title, p.cwe),
+        "description": p.description,
         "severity": p.severity,
         "file": FILE,
         "start_line": line,
