@@ -7,7 +7,8 @@
 //! - Objects are created once. The pod and the NetworkPolicy go through server-side apply
 //!   with the operator's field manager; the Secret is created (never re-minted), so the TraT
 //!   a pod copied stays the one the run's Secret holds.
-//! - A run never leaves a terminal phase, and its `txn` is revoked when it gets there.
+//! - A run never leaves a terminal phase, and its `txn` is revoked when it gets there; the
+//!   finalizer `sanctum.dev/revoke` goes once the revoked list holding that `txn` is saved.
 //! - A pod deleted from under a run that has not finished fails the run (`PodDeleted`)
 //!   instead of starting it again: a second agent run costs money and may repeat side
 //!   effects, so re-running is the user's decision (create a new ScannerRun).
@@ -143,6 +144,16 @@ async fn set_finalizers(
     Ok(written.metadata.resource_version)
 }
 
+/// Saves the revoked list (holding the run's `txn`, revoked by the caller), then removes
+/// our finalizer and only ours, conditional on the run's `resourceVersion`. Saved first:
+/// once the finalizer is gone, nothing would bring the txn back to the list after a restart.
+async fn release(ctx: &Context, runs: &Api<ScannerRun>, run: &ScannerRun) -> Result<(), Error> {
+    save_revoked(ctx).await?;
+    let rest = run.finalizers().iter().filter(|f| *f != revoked::FINALIZER).cloned();
+    set_finalizers(runs, run, rest.collect()).await?;
+    Ok(())
+}
+
 /// Revokes the run's `txn` (its UID) until its TraT would have expired anyway.
 pub(crate) fn revoke(run: &ScannerRun, ctx: &Context) {
     let Some(uid) = run.metadata.uid.as_deref() else { return };
@@ -209,16 +220,18 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
         // Owner references let the garbage collector remove the pod, Secret and policy.
         revoke(run, ctx);
         if has_finalizer(run) {
-            // Saved before the finalizer goes: once the run is gone, nothing would bring its
-            // txn back to the list after a restart.
-            save_revoked(ctx).await?;
-            let rest = run.finalizers().iter().filter(|f| *f != revoked::FINALIZER).cloned();
-            set_finalizers(&runs, run, rest.collect()).await?;
+            release(ctx, &runs, run).await?;
         }
         return Ok(Action::await_change());
     }
     if run.phase().is_some_and(Phase::is_terminal) {
         revoke(run, ctx);
+        // A finished run holds nothing more to save once its txn is in the ConfigMap; kept,
+        // the finalizer would block the run's deletion (and its namespace's) whenever the
+        // operator is gone, e.g. after `helm uninstall`.
+        if has_finalizer(run) {
+            release(ctx, &runs, run).await?;
+        }
         return Ok(Action::await_change());
     }
     let with_finalizer;

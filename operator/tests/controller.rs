@@ -399,14 +399,43 @@ async fn deleted_run_makes_no_requests_and_revokes() {
     assert!(ctx.revoked.to_json(0).contains(UID));
 }
 
+/// A finished run that no longer holds our finalizer: no request at all.
 #[tokio::test]
 async fn finished_run_is_left_alone() {
-    scenario(
-        run_json(json!({"phase": "Succeeded", "podName": "run-1-scanner"})),
-        vec![],
-        key_slot(),
-    )
-    .await;
+    let mut run = run_json(json!({"phase": "Succeeded", "podName": "run-1-scanner"}));
+    run["metadata"]["finalizers"] = json!(["other.example/keep"]);
+    let ctx = scenario(run, vec![], key_slot()).await;
+    assert!(ctx.revoked.to_json(0).contains(UID), "its txn stays revoked");
+}
+
+/// A finished run lets go of `sanctum.dev/revoke` once its txn is saved as revoked, so
+/// deleting it (or its namespace, after `helm uninstall`) never waits on an operator that
+/// is gone. Only our finalizer goes, guarded by the run's resourceVersion.
+#[tokio::test]
+async fn finished_run_saves_its_txn_then_drops_only_our_finalizer() {
+    let mut run = run_json(json!({"phase": "Failed", "podName": "run-1-scanner"}));
+    run["metadata"]["finalizers"] = json!(["sanctum.dev/revoke", "other.example/keep"]);
+    // Created just now, so its entry has not expired by the time the list is written.
+    run["metadata"]["creationTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
+    let script = vec![
+        expect(
+            Method::PATCH,
+            "/api/v1/namespaces/sanctum-system/configmaps/sanctum-revoked",
+            200,
+            None,
+            |body| {
+                let list: Value =
+                    serde_json::from_str(body["data"]["revoked.json"].as_str().unwrap()).unwrap();
+                assert_eq!(list["revoked"][0]["txn"], UID);
+            },
+        ),
+        expect(Method::PATCH, RUN, 200, Some(run_json(json!(null))), |body| {
+            assert_eq!(body["metadata"]["finalizers"], json!(["other.example/keep"]));
+            assert_eq!(body["metadata"]["resourceVersion"], "41");
+        }),
+    ];
+    let ctx = scenario(run, script, key_slot()).await;
+    assert!(!ctx.revoked.is_dirty(), "saved");
 }
 
 #[tokio::test]
