@@ -75,6 +75,12 @@ fn wrong_values_are_refused_with_the_field_named() {
         ("gatway.enabled=false", "gatway"),
         ("gateway.config.orgs.acme.provider=bedrok", "provider"),
         ("gateway.awsSecrets.acme=Not_A_Secret", "awsSecrets"),
+        // The operator config is checked here too, not first by the operator's crash loop.
+        ("operator.config.tenancy.defaultOrgg=acme", "defaultOrgg"),
+        ("operator.config.tenancy.defaultOrg=Acme Corp", "defaultOrg"),
+        ("operator.config.tenancy.namespaces.team-a.orgId=x_", "orgId"),
+        ("operator.config.pod.runAsUser=0", "runAsUser"),
+        ("operator.config.pod.sidecarResources.sanctum-bridg.limits.memory=1Gi", "sanctum-bridg"),
         // A Bedrock org's secretDir under /etc/sanctum/aws/ with no Secret to mount there.
         (
             "gateway.config.orgs.acme.provider=bedrock,gateway.config.orgs.acme.bedrock.region=eu-central-1,\
@@ -93,6 +99,30 @@ fn wrong_values_are_refused_with_the_field_named() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(field), "--set {set}: the error does not name {field}: {err}");
     }
+}
+
+/// The schema's `operator.config` is the operator's config type: every field of it (the
+/// defaults, plus a tenancy policy and sidecar resources) is accepted, so the schema refuses
+/// only what the operator would.
+#[test]
+fn every_operator_config_field_is_accepted() {
+    let Some(_) = helm() else { return };
+    let mut config = sanctum_operator::config::OperatorConfig::parse(
+        "tenancy:\n  namespaces:\n    team-a: {orgId: acme, otherOrgs: [acme.research], budgetTokens: 5, allowSecretEnv: true}\n  defaultOrg: acme\n\
+         pod:\n  sidecarResources:\n    sanctum-bridge: {limits: {memory: 1Gi}, requests: {cpu: 10m}}\n  priorityClassName: batch\n\
+         \x20 tolerations: [{key: pool, operator: Equal, value: scan, effect: NoSchedule}]\n",
+        std::path::Path::new("c.yaml"),
+    )
+    .unwrap();
+    config.images.pull_policy = Some("Always".into());
+    config.gateway.ca_bundle = Some("-----BEGIN CERTIFICATE-----".into());
+    let values = serde_json::json!({"operator": {"config": config}});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values.to_string()).unwrap();
+    let mut template = helm().unwrap();
+    template.args(["template", "s"]).arg(workspace().join("charts/sanctum")).arg("-f").arg(&file);
+    run(template);
 }
 
 /// Bedrock orgs (issue 14 item 4): each org's AWS credentials Secret is mounted read-only at
