@@ -97,6 +97,41 @@ pub fn parse_summary(message: Option<&str>) -> Result<RunResult, ResultError> {
     Ok(result)
 }
 
+/// Longest part of the scanner's `error` quoted in status, in bytes.
+pub const MAX_ERROR_BYTES: usize = 512;
+
+/// The summary's `error` (DESIGN.md "Run result contract": what went wrong, absent on
+/// success), made fit to quote in a status message: control and bidirectional-formatting
+/// characters become spaces, and it is cut to [`MAX_ERROR_BYTES`] on a character boundary
+/// with `…`. `None` when there is no summary, it is over [`MAX_SUMMARY_BYTES`], it is not a
+/// JSON object, or its `error` is absent, not a string or blank. The text is the scanner's,
+/// so untrusted; it holds no secret by construction (the gateway never echoes a key).
+pub fn summary_error(message: Option<&str>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithError {
+        error: Option<String>,
+    }
+    let text = message.map(str::trim).filter(|m| m.len() <= MAX_SUMMARY_BYTES)?;
+    let error = serde_json::from_str::<WithError>(text).ok()?.error?;
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    let clean: String = error.chars().map(|c| if hidden(c) { ' ' } else { c }).collect();
+    let clean = clean.trim();
+    if clean.is_empty() {
+        return None;
+    }
+    if clean.len() <= MAX_ERROR_BYTES {
+        return Some(clean.to_owned());
+    }
+    let mut end = MAX_ERROR_BYTES - '…'.len_utf8();
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!("{}…", &clean[..end]))
+}
+
 fn statuses(pod: &Pod, init: bool) -> &[ContainerStatus] {
     let status = pod.status.as_ref();
     let list = if init {
@@ -223,7 +258,13 @@ pub fn observe(pod: &Pod) -> Observation {
                 if t.reason.as_deref() == Some("OOMKilled") {
                     failed("OOMKilled", "the scanner ran out of memory and was killed; raise spec.resources.limits.memory".into())
                 } else {
-                    failed("ScannerFailed", format!("the scanner exited with code {}", t.exit_code))
+                    let why = summary_error(t.message.as_deref())
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
+                    failed(
+                        "ScannerFailed",
+                        format!("the scanner exited with code {}{why}", t.exit_code),
+                    )
                 }
             } else {
                 failed(
@@ -414,7 +455,11 @@ pub fn next_status(run: &ScannerRun, obs: Observation, now: &Time) -> ScannerRun
                         RESULT_RECORDED,
                         true,
                         "Recorded",
-                        "the scanner's summary is in status.result",
+                        if obs.phase == Phase::Failed {
+                            "the scanner's summary is in status.result; the run failed, so its counts cover only what was reviewed before it stopped"
+                        } else {
+                            "the scanner's summary is in status.result"
+                        },
                         generation,
                         now,
                     ),
@@ -569,6 +614,60 @@ mod tests {
         let obs = observe(&pod);
         assert_eq!(obs.phase, Phase::Running);
         assert_eq!(obs.reason, "Finishing");
+    }
+
+    fn failed_scanner(summary: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [{"name": SCANNER_CONTAINER, "image": "s", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 4, "reason": "Error", "message": summary}}}],
+            },
+        }))
+        .unwrap()
+    }
+
+    /// A failed run says why, in the scanner's words (its summary's `error`), not only its
+    /// exit code; the counts it recorded are marked as partial.
+    #[test]
+    fn a_failed_scanner_s_error_is_in_the_message() {
+        let error = "the model could not be reached: gateway answered 503 provider key file /etc/sanctum/provider-keys/acme is empty: write the org's API key into it";
+        let summary = serde_json::json!({"findings": {}, "costUsd": 0, "turns": 0,
+            "sarif": "/output/results.sarif", "error": error})
+        .to_string();
+        let obs = observe(&failed_scanner(&summary));
+        assert_eq!((obs.phase, obs.reason.as_str()), (Phase::Failed, "ScannerFailed"));
+        assert_eq!(obs.message, format!("the scanner exited with code 4: {error}"));
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let run: ScannerRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"image": "s", "orgId": "acme", "source": {"volume": {"claimName": "c"}}},
+        }))
+        .unwrap();
+        let status = step(&run, obs, &now).status;
+        let recorded = status.conditions.iter().find(|c| c.type_ == RESULT_RECORDED).unwrap();
+        assert!(recorded.message.contains("only what was reviewed before it stopped"));
+        // Without a summary error, the exit code alone, as before.
+        let plain = observe(&failed_scanner(r#"{"findings":{},"costUsd":0}"#));
+        assert_eq!(plain.message, "the scanner exited with code 4");
+        assert_eq!(observe(&failed_scanner("Traceback: boom")).message, plain.message);
+    }
+
+    #[test]
+    fn a_summary_error_is_cleaned_and_cut() {
+        let quote = |e: &str| summary_error(Some(&serde_json::json!({"error": e}).to_string()));
+        assert_eq!(quote("a\nb\u{1b}[2Jc\u{202e}d").as_deref(), Some("a b [2Jc d"));
+        assert_eq!(quote(" \n "), None);
+        assert_eq!(summary_error(None), None);
+        assert_eq!(summary_error(Some(r#"{"error": 4}"#)), None);
+        assert_eq!(summary_error(Some(r#"{"findings":{}}"#)), None);
+        assert_eq!(summary_error(Some("not json")), None);
+        let long = quote(&"é".repeat(400)).unwrap();
+        assert!(long.len() <= MAX_ERROR_BYTES && long.ends_with('…'), "{}", long.len());
+        assert_eq!(quote(&"a".repeat(MAX_ERROR_BYTES)).unwrap().len(), MAX_ERROR_BYTES);
     }
 
     #[test]
