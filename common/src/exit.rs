@@ -20,9 +20,9 @@ pub fn one_line(error: &(dyn Error + 'static)) -> String {
     let mut next = Some(error);
     while let Some(e) = next {
         let text = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-        // A wrapper that repeats its source's message (`#[error(transparent)]`-like) adds
-        // nothing to the line.
-        if parts.last() != Some(&text) {
+        // A wrapper that already shows its source's message (`#[error(transparent)]`-like,
+        // or `"...: {source}"`) adds nothing to the line by repeating it.
+        if !parts.last().is_some_and(|outer| outer.contains(&text)) {
             parts.push(text);
         }
         next = e.source();
@@ -61,5 +61,17 @@ mod tests {
         assert_eq!(one_line(&e), "cannot read /x: no such file");
         assert_eq!(report::<Outer>("t", Ok(())), ExitCode::SUCCESS);
         assert_eq!(report("t", Err(e)), ExitCode::FAILURE);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("config c.yaml is invalid: {0}")]
+    struct Shows(#[source] std::io::Error);
+
+    /// A message that already holds its source's (`"...: {source}"`) is not followed by it
+    /// again.
+    #[test]
+    fn a_shown_source_is_not_repeated() {
+        let e = Shows(std::io::Error::other("tenancy: unknown field `defaultOrgg`"));
+        assert_eq!(one_line(&e), "config c.yaml is invalid: tenancy: unknown field `defaultOrgg`");
     }
 }
