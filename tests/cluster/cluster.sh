@@ -231,13 +231,16 @@ resolve_config() {
   ETCD_FSYNC="${SANCTUM_ETCD_FSYNC:-0}"
   APISERVER_EXTRA_ARGS="${SANCTUM_APISERVER_EXTRA_ARGS:-}"
   KCM_EXTRA_ARGS="${SANCTUM_KCM_EXTRA_ARGS:-}"
-  KCM_CONTROLLERS="${SANCTUM_KCM_CONTROLLERS:-garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,statefulset-controller,job-controller,cronjob-controller,endpoints-controller,endpointslice-controller,endpointslice-mirroring-controller,resourcequota-controller,disruption-controller,ttl-after-finished-controller,legacy-serviceaccount-token-cleaner-controller,validatingadmissionpolicy-status-controller,service-cidr-controller}"
+  KCM_CONTROLLERS="${SANCTUM_KCM_CONTROLLERS:-garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,statefulset-controller,job-controller,cronjob-controller,endpoints-controller,endpointslice-controller,endpointslice-mirroring-controller,resourcequota-controller,disruption-controller,ttl-after-finished-controller,legacy-serviceaccount-token-cleaner-controller,validatingadmissionpolicy-status-controller,service-cidr-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller}"
   # A node needs: its taints cleared and status watched (node-lifecycle), pods
   # of a gone node evicted and deleted, DaemonSets (the chart's seccomp profile
   # installer), the node TTL annotation.
   if [[ "$NODE" == 1 && -z "${SANCTUM_KCM_CONTROLLERS:-}" ]]; then
     # persistentvolume-binder: the demo and the e2e suite give runs their repository (and
-    # the demo its SARIF) on hostPath PersistentVolumes bound to claims.
+    # the demo its SARIF) on hostPath PersistentVolumes bound to claims. (hostPath is not an
+    # attachable volume, so the attach-detach controller is not needed; the PV/PVC protection
+    # controllers above, in every cluster, remove the pv-/pvc-protection finalizers the API
+    # server adds, without which a deleted claim or volume stays Terminating forever.)
     KCM_CONTROLLERS+=",node-lifecycle-controller,taint-eviction-controller,pod-garbage-collector-controller,daemonset-controller,ttl-controller,persistentvolume-binder-controller"
   fi
   local v
