@@ -4,11 +4,16 @@
 //! Re-read on change: each key is re-checked with one `stat` at most every `recheck`, and
 //! re-read when its modification time, size or inode changed (a Secret update swaps the
 //! `..data` symlink, which changes the inode of the resolved file).
+//!
+//! Readiness ([`ProviderKeys::readiness`]): the gateway is unready while an org the Anthropic
+//! provider serves has no usable key — an org the config lists without its file, or a key
+//! file that is empty (a Secret made with `--from-literal=acme="$UNSET_VARIABLE"`) — and
+//! turns ready on the next probe once the key is written (no restart).
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -51,10 +56,46 @@ struct Cached {
     checked: Instant,
 }
 
+/// The keys directory. Clones share one cache (the provider reads keys, readiness checks them).
+#[derive(Clone)]
 pub struct ProviderKeys {
     dir: PathBuf,
     recheck: Duration,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Arc<Mutex<HashMap<String, Cached>>>,
+}
+
+/// Which orgs the keys directory serves, from the config file ([`crate::orgs::Orgs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyedOrgs {
+    /// Orgs the config lists with provider `anthropic`: each needs a key file.
+    pub listed: Vec<String>,
+    /// Orgs the config gives another provider: a file of theirs here is not checked.
+    pub elsewhere: Vec<String>,
+    /// Whether orgs the config does not list use `anthropic` (the `default:` entry's
+    /// provider): then every key file in the directory is checked, and when no other
+    /// provider serves any org, at least one key must be there.
+    pub unlisted: bool,
+}
+
+/// Why the keys directory cannot serve every org it should; the message names orgs and
+/// files, never a key or any part of one.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum KeysUnready {
+    #[error(
+        "no provider key in {dir}: write each org's API key into {dir}/<org-id> (in \
+         Kubernetes, create the provider-keys Secret mounted there, one key per org id); the \
+         gateway turns ready within seconds, without a restart"
+    )]
+    NoKeys { dir: String },
+    #[error(
+        "no usable provider key: {faults} (in Kubernetes, fix the provider-keys Secret mounted \
+         at {dir}, one key per org id); the gateway turns ready within seconds, without a \
+         restart",
+        faults = .faults.iter().map(|(org, e)| format!("org '{org}': {e}")).collect::<Vec<_>>().join("; ")
+    )]
+    Orgs { dir: String, faults: Vec<(String, KeyError)> },
+    #[error("cannot list provider keys in {dir}: {reason}")]
+    Io { dir: String, reason: String },
 }
 
 pub fn valid_org(org: &str) -> bool {
@@ -66,7 +107,50 @@ pub fn valid_org(org: &str) -> bool {
 
 impl ProviderKeys {
     pub fn new(dir: impl Into<PathBuf>, recheck: Duration) -> Self {
-        Self { dir: dir.into(), recheck, cache: Mutex::new(HashMap::new()) }
+        Self { dir: dir.into(), recheck, cache: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// `Ok` when every org of `orgs` that uses this directory has a usable key: each listed
+    /// org's file, and (when unlisted orgs use it) every key file present, exists, is not
+    /// empty or whitespace only, is readable and header-safe. One `read_dir` and at most one
+    /// `stat` (or read, on change) per key file; cheap enough for every probe.
+    ///
+    /// Errors: [`KeysUnready::Orgs`] naming each org without a usable key and why (orgs in
+    /// name order); [`KeysUnready::NoKeys`] when unlisted orgs use this directory, no other
+    /// provider serves any org and no key file is there (a missing Secret mounts as an empty
+    /// directory); [`KeysUnready::Io`] when the directory cannot be listed.
+    pub fn readiness(&self, orgs: &KeyedOrgs) -> Result<(), KeysUnready> {
+        let dir = || self.dir.display().to_string();
+        let mut checked: Vec<String> = orgs.listed.clone();
+        if orgs.unlisted {
+            let entries = std::fs::read_dir(&self.dir)
+                .map_err(|e| KeysUnready::Io { dir: dir(), reason: e.to_string() })?;
+            for entry in entries.flatten() {
+                // Hidden names are the Secret volume's own (`..data`, `..2026_…`).
+                let Ok(name) = entry.file_name().into_string() else { continue };
+                if valid_org(&name) && !orgs.elsewhere.contains(&name) && !checked.contains(&name) {
+                    checked.push(name);
+                }
+            }
+        }
+        checked.sort();
+        let mut faults = Vec::new();
+        let mut usable = 0usize;
+        for org in checked {
+            match self.get(&org) {
+                Ok(_) => usable += 1,
+                // A directory (or other non-file) under an unlisted name is not a key.
+                Err(KeyError::UnknownOrg { .. }) if !orgs.listed.contains(&org) => {}
+                Err(e) => faults.push((org, e)),
+            }
+        }
+        if !faults.is_empty() {
+            return Err(KeysUnready::Orgs { dir: dir(), faults });
+        }
+        if orgs.unlisted && orgs.elsewhere.is_empty() && usable == 0 {
+            return Err(KeysUnready::NoKeys { dir: dir() });
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -166,6 +250,48 @@ mod tests {
         // Error messages name the file, never its content.
         std::fs::write(dir.path().join("secret"), "a\nSECRETVALUE").unwrap();
         assert!(!keys.get("secret").unwrap_err().to_string().contains("SECRETVALUE"));
+    }
+
+    #[test]
+    fn readiness_names_orgs_without_a_usable_key_and_never_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ProviderKeys::new(dir.path(), Duration::ZERO);
+        let unlisted = KeyedOrgs { unlisted: true, ..KeyedOrgs::default() };
+        assert!(matches!(keys.readiness(&unlisted), Err(KeysUnready::NoKeys { .. })));
+        // The Secret volume's own entries are not keys.
+        std::fs::create_dir(dir.path().join("..2026_11_30")).unwrap();
+        std::fs::write(dir.path().join("acme"), " \n\t").unwrap();
+        let why = keys.readiness(&unlisted).unwrap_err().to_string();
+        assert!(why.contains("org 'acme'") && why.contains("is empty"), "{why}");
+        std::fs::write(dir.path().join("acme"), "sk-SECRETVALUE\n").unwrap();
+        assert_eq!(keys.readiness(&unlisted), Ok(()));
+
+        // Listed orgs need their file; another provider's org is not checked.
+        std::fs::write(dir.path().join("globex"), "").unwrap();
+        let orgs = KeyedOrgs {
+            listed: vec!["initech".into()],
+            elsewhere: vec!["globex".into()],
+            unlisted: true,
+        };
+        let why = keys.readiness(&orgs).unwrap_err().to_string();
+        assert!(why.contains("org 'initech'") && !why.contains("globex"), "{why}");
+        assert!(!why.contains("SECRETVALUE"), "{why}");
+        std::fs::write(dir.path().join("initech"), "a\nSECRETVALUE").unwrap();
+        let why = keys.readiness(&orgs).unwrap_err().to_string();
+        assert!(why.contains("cannot be sent in a header") && !why.contains("SECRETVALUE"));
+
+        // Only another provider's orgs, and unlisted orgs not on Anthropic: nothing needed.
+        let bedrock_only = KeyedOrgs { elsewhere: vec!["globex".into()], ..KeyedOrgs::default() };
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ProviderKeys::new(empty.path(), Duration::ZERO).readiness(&bedrock_only),
+            Ok(())
+        );
+        let with_bedrock = KeyedOrgs { unlisted: true, ..bedrock_only };
+        assert_eq!(
+            ProviderKeys::new(empty.path(), Duration::ZERO).readiness(&with_bedrock),
+            Ok(())
+        );
     }
 
     #[test]

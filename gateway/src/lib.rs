@@ -223,13 +223,21 @@ pub fn run(args: Options) -> anyhow::Result<()> {
         .block_on(main(args))
 }
 
-/// The admin port's state: the gateway and the process's one metrics registry.
-struct Admin(Arc<Gateway>, Registry);
+/// The admin port's state: the gateway, the process's one metrics registry, and the keys
+/// directory the Anthropic provider reads (checked for readiness: every org it serves must
+/// have a usable key, as the chart's NOTES promise).
+struct Admin {
+    gw: Arc<Gateway>,
+    registry: Registry,
+    keys: ProviderKeys,
+    /// The last keys verdict logged, so a probe every few seconds logs only changes.
+    keys_logged: std::sync::Mutex<Option<Result<(), String>>>,
+}
 
 impl Admin {
     /// Registers the gateway's metrics: its own families, the server shell's proxy metrics
     /// (`sanctum_gateway_proxy_*`), and the sizes read at scrape time.
-    fn new(gw: Arc<Gateway>) -> Self {
+    fn new(gw: Arc<Gateway>, keys: ProviderKeys) -> Self {
         let mut registry = Registry::default();
         gw.metrics.register(&mut registry);
         gw.proxy_metrics.register(&mut registry);
@@ -259,13 +267,31 @@ impl Admin {
             "Audit lines that could not be written.",
             FnCounter::new(move || g.audit.dropped.load(std::sync::atomic::Ordering::Relaxed)),
         );
-        Self(gw, registry)
+        Self { gw, registry, keys, keys_logged: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether every org the Anthropic provider serves has a usable key; logs the verdict
+    /// when it changes (the reason names orgs and files, never a key).
+    fn keys_ready(&self) -> Result<(), String> {
+        let verdict = self.keys.readiness(self.gw.orgs.keyed()).map_err(|e| e.to_string());
+        let mut logged = self.keys_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.as_ref() != Some(&verdict) {
+            match &verdict {
+                Err(why) => tracing::warn!(reason = %why, "gateway unready: provider keys"),
+                Ok(()) if logged.is_some() => tracing::info!("provider keys complete: ready"),
+                Ok(()) => {}
+            }
+            *logged = Some(verdict.clone());
+        }
+        verdict
     }
 }
 
 impl admin::AdminState for Admin {
     async fn ready(&self) -> Result<(), String> {
-        let gw = &self.0;
+        // First, so its log line appears even while a JWKS is still loading.
+        let keys = self.keys_ready();
+        let gw = &self.gw;
         for source in [&gw.svid_jwks, &gw.trat_jwks] {
             if source.current().is_none() {
                 let why = source.last_error.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -282,11 +308,12 @@ impl admin::AdminState for Admin {
         for provider in gw.orgs.providers() {
             provider.ready()?;
         }
+        keys?;
         gw.state.ping().await.map_err(|e| e.to_string())
     }
 
     fn metrics(&self) -> &Registry {
-        &self.1
+        &self.registry
     }
 
     fn route(&self, _path: &str) -> Option<http::Response<Full<Bytes>>> {
@@ -325,8 +352,9 @@ async fn main(args: Options) -> anyhow::Result<()> {
         upstream = upstream.with_ca_file(ca);
     }
     let client = UpstreamClient::new(upstream, &limits, proxy_metrics.clone())?;
-    let anthropic =
-        Arc::new(Anthropic::new(ProviderKeys::new(&args.keys_dir, Duration::from_secs(1)), client));
+    // One cache for the provider and the readiness check.
+    let keys = ProviderKeys::new(&args.keys_dir, Duration::from_secs(1));
+    let anthropic = Arc::new(Anthropic::new(keys.clone(), client));
     let org_defaults = orgs::Defaults {
         budget_tokens: args.default_budget_tokens,
         rate_per_minute: args.rate_limit_per_minute,
@@ -428,14 +456,16 @@ async fn main(args: Options) -> anyhow::Result<()> {
         upstream = %args.upstream,
         "sanctum gateway serving"
     );
+    let admin_state = Arc::new(Admin::new(gw.clone(), keys));
+    // Said at start too, for a gateway no probe asks (docker run, a laptop).
+    let _ = admin_state.keys_ready();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_task =
-        tokio::spawn(admin::serve(admin_listener, Arc::new(Admin::new(gw.clone())), {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        }));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    }));
     server::serve(gw.clone(), listener, tls, limits, async {
         sanctum_common::proxy::server::shutdown_signal().await;
     })

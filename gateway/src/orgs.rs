@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::config::{BedrockSpec, ConfigError, ConfigFile, ProviderKind};
+use super::keys::KeyedOrgs;
 use super::policy::{Policies, Policy};
 use super::provider::Provider;
 use super::ratelimit::RateLimit;
@@ -37,6 +38,7 @@ pub struct Defaults {
 pub struct Orgs {
     default: Org,
     orgs: HashMap<String, Org>,
+    keyed: KeyedOrgs,
 }
 
 impl Orgs {
@@ -80,16 +82,30 @@ impl Orgs {
                 })
             };
         let default = build(None, &file.default)?;
+        let mut keyed = KeyedOrgs {
+            unlisted: file.default.provider.unwrap_or_default() == ProviderKind::Anthropic,
+            ..KeyedOrgs::default()
+        };
         let mut orgs = HashMap::with_capacity(file.orgs.len());
         for name in file.orgs.keys() {
-            orgs.insert(name.clone(), build(Some(name), &file.org(name))?);
+            let spec = file.org(name);
+            match spec.provider.unwrap_or_default() {
+                ProviderKind::Anthropic => keyed.listed.push(name.clone()),
+                ProviderKind::Bedrock => keyed.elsewhere.push(name.clone()),
+            }
+            orgs.insert(name.clone(), build(Some(name), &spec)?);
         }
-        Ok(Self { default, orgs })
+        Ok(Self { default, orgs, keyed })
     }
 
     /// The org's entry (the default entry for an org the file does not list).
     pub fn get(&self, org: &str) -> &Org {
         self.orgs.get(org).unwrap_or(&self.default)
+    }
+
+    /// Which orgs need a key in `--keys-dir` (for readiness, [`crate::keys::ProviderKeys::readiness`]).
+    pub fn keyed(&self) -> &KeyedOrgs {
+        &self.keyed
     }
 
     /// Each distinct provider once (for readiness).

@@ -56,6 +56,8 @@ async fn models_betas_and_provider_side_tools_follow_the_org_policy() {
          orgs:\n  research:\n    serverTools: [web_search]\n",
     )
     .unwrap();
+    // A listed org needs its key for the gateway to be ready.
+    std::fs::write(s.path("keys").join("research"), "sk-research").unwrap();
     let gw = s.gateway(&p.url().unwrap(), &["--config", config.to_str().unwrap()]).await;
     let (svid, trat) = (s.svid("run-p"), s.trat("run-p", "txn-p"));
 
@@ -127,7 +129,6 @@ async fn models_betas_and_provider_side_tools_follow_the_org_policy() {
     // Another org's entry allows what it names.
     let mut claims = trat_claims("run-r", "txn-r");
     claims["tctx"]["org_id"] = json!("research");
-    std::fs::write(s.path("keys").join("research"), "sk-research").unwrap();
     let (svid_r, trat_r) = (s.svid("run-r"), s.trat_key.sign(&claims));
     let search = json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]});
     let a =

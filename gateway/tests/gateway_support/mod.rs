@@ -153,6 +153,13 @@ impl Setup {
     /// Starts a gateway in front of `upstream` with the default files plus `extra` flags;
     /// waits until `/readyz` answers 200.
     pub async fn gateway(&self, upstream: &str, extra: &[&str]) -> Gateway {
+        let mut gw = self.spawn(upstream, extra);
+        wait_ready(&mut gw).await;
+        gw
+    }
+
+    /// [`Setup::gateway`] without waiting for readiness (for tests of an unready gateway).
+    pub fn spawn(&self, upstream: &str, extra: &[&str]) -> Gateway {
         let listen = free_port();
         let admin = free_port();
         let mut args: Vec<String> = vec![
@@ -177,7 +184,7 @@ impl Setup {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        start_gateway(args, listen, admin, self.tmp.path()).await
+        spawn_gateway(args, listen, admin, self.tmp.path())
     }
 }
 
@@ -193,6 +200,18 @@ pub async fn start_gateway(
     admin: SocketAddr,
     dir: &Path,
 ) -> Gateway {
+    let mut gw = spawn_gateway(args, listen, admin, dir);
+    wait_ready(&mut gw).await;
+    gw
+}
+
+/// Starts the gateway binary without waiting for it.
+pub fn spawn_gateway(
+    args: Vec<String>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    dir: &Path,
+) -> Gateway {
     let child = Command::new(env!("CARGO_BIN_EXE_sanctum-gateway"))
         .args(&args)
         .env("RUST_LOG", "warn")
@@ -201,9 +220,7 @@ pub async fn start_gateway(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start sanctum-gateway");
-    let mut gw = Gateway { child, listen, admin, dir: dir.to_owned(), args };
-    wait_ready(&mut gw).await;
-    gw
+    Gateway { child, listen, admin, dir: dir.to_owned(), args }
 }
 
 pub async fn wait_ready(gw: &mut Gateway) {
