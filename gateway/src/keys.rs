@@ -83,14 +83,15 @@ pub struct KeyedOrgs {
 pub enum KeysUnready {
     #[error(
         "no provider key in {dir}: write each org's API key into {dir}/<org-id> (in \
-         Kubernetes, create the provider-keys Secret mounted there, one key per org id); the \
-         gateway turns ready within seconds, without a restart"
+         Kubernetes, create the provider-keys Secret mounted there, one key per org id); ready \
+         as soon as the file holds the key (a Secret update reaches the pod within a minute or \
+         so), without a restart"
     )]
     NoKeys { dir: String },
     #[error(
         "no usable provider key: {faults} (in Kubernetes, fix the provider-keys Secret mounted \
-         at {dir}, one key per org id); the gateway turns ready within seconds, without a \
-         restart",
+         at {dir}, one key per org id); ready as soon as the file holds the key (a Secret \
+         update reaches the pod within a minute or so), without a restart",
         faults = .faults.iter().map(|(org, e)| format!("org '{org}': {e}")).collect::<Vec<_>>().join("; ")
     )]
     Orgs { dir: String, faults: Vec<(String, KeyError)> },

@@ -87,6 +87,8 @@ pub struct Options {
     #[arg(long, env = "SANCTUM_TRAT_JWKS")]
     pub trat_jwks: String,
     /// Directory with one file per org, `DIR/<org_id>`, holding that org's provider key.
+    /// /readyz fails, naming the org, while an org served by Anthropic has no usable key (a
+    /// key file empty, or none for an org the --config lists, or no key file at all).
     #[arg(long, env = "SANCTUM_KEYS_DIR")]
     pub keys_dir: PathBuf,
     /// SPIFFE trust domain of the scanners (sets the default --allowed-sub).
