@@ -33,6 +33,7 @@ pub const DEFAULT_TIMEOUT_SECONDS: i64 = 3600;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 55").message("ScannerRun names are at most 55 characters: the name also names the run's pod, Secret and NetworkPolicy")
 )]
+#[schemars(transform = k8s_integer_formats)]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: a ScannerRun records one run; delete it and create a new ScannerRun to run again"))]
 #[serde(rename_all = "camelCase")]
 pub struct ScannerRunSpec {
@@ -176,6 +177,7 @@ impl Phase {
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[schemars(transform = k8s_integer_formats)]
 #[serde(rename_all = "camelCase")]
 pub struct ScannerRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,6 +234,34 @@ impl Findings {
     }
 }
 
+/// Maps schemars' unsigned integer formats to ones Kubernetes knows, in `schema` and every
+/// schema inside it. A CRD schema follows OpenAPI 3.0, whose integer formats are `int32` and
+/// `int64` only; since 1.34 the API server answers each other format with a warning
+/// (`unrecognized format "uint32"`) on every apply. `uint8`/`uint16` become `int32` and
+/// `uint32` becomes `int64` (each holds every value; schemars' `minimum: 0` stays); a wider
+/// unsigned format, which no signed one holds, is dropped.
+fn k8s_integer_formats(schema: &mut schemars::Schema) {
+    if let Some(object) = schema.as_object_mut() {
+        let format = object.get("format").and_then(|f| f.as_str());
+        let mapped = match format {
+            Some("uint8" | "uint16") => Some(Some("int32")),
+            Some("uint32") => Some(Some("int64")),
+            Some(f) if f.starts_with("uint") => Some(None),
+            _ => None,
+        };
+        match mapped {
+            Some(Some(signed)) => {
+                object.insert("format".into(), signed.into());
+            }
+            Some(None) => {
+                object.remove("format");
+            }
+            None => {}
+        }
+    }
+    schemars::transform::transform_subschemas(&mut k8s_integer_formats, schema);
+}
+
 /// The CRD as YAML, as checked in under `crds/`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
@@ -249,5 +279,42 @@ impl ScannerRun {
 
     pub fn timeout_seconds(&self) -> i64 {
         self.spec.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `format` in the CRD is one the API server knows (OpenAPI 3.0's, plus the string
+    /// formats Kubernetes adds), so applying it prints no `unrecognized format` warning.
+    #[test]
+    fn the_crd_has_only_formats_kubernetes_knows() {
+        let yaml = crd_yaml().unwrap();
+        let known = ["int32", "int64", "float", "double", "byte", "date", "date-time"];
+        let formats: Vec<&str> =
+            yaml.lines().filter_map(|l| l.trim().strip_prefix("format: ")).collect();
+        assert!(formats.contains(&"int64"), "{formats:?}");
+        for format in formats {
+            assert!(known.contains(&format), "unrecognized format {format}");
+        }
+    }
+
+    #[test]
+    fn unsigned_formats_become_signed_or_none() {
+        let mut schema = schemars::json_schema!({
+            "properties": {
+                "a": {"type": "integer", "format": "uint16"},
+                "b": {"type": "integer", "format": "uint32", "minimum": 0},
+                "c": {"type": "integer", "format": "uint64"},
+                "d": {"type": "integer", "format": "int32"},
+            }
+        });
+        k8s_integer_formats(&mut schema);
+        let p = &schema.as_value()["properties"];
+        assert_eq!(p["a"]["format"], "int32");
+        assert_eq!(p["b"], serde_json::json!({"type": "integer", "format": "int64", "minimum": 0}));
+        assert_eq!(p["c"], serde_json::json!({"type": "integer"}));
+        assert_eq!(p["d"]["format"], "int32");
     }
 }
