@@ -23,6 +23,10 @@ pub const RESULT_RECORDED: &str = "ResultRecorded";
 /// did not create is never used (the operator may only `create` Secrets, not read them, so
 /// this record is how it tells its own Secret from a planted one).
 pub const SECRET_CREATED: &str = "SecretCreated";
+/// False while the scheduler cannot place the pod (the run stays `Pending`: the scheduler
+/// retries, and what it names, a missing PersistentVolumeClaim or room on a node, may come);
+/// set True again once it is placed.
+pub const SCHEDULED: &str = "Scheduled";
 
 /// What one look at the pod tells.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +39,22 @@ pub struct Observation {
     pub completion_time: Option<Time>,
     /// Set once the scanner has terminated: the summary, or why there is none.
     pub result: Option<Result<RunResult, ResultError>>,
+    /// The pod's `PodScheduled` condition, while the run is `Pending`.
+    pub scheduling: Option<Scheduling>,
 }
+
+/// What the pod's `PodScheduled` condition says while the run waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduling {
+    pub scheduled: bool,
+    /// The scheduler's reason (`Unschedulable`, `SchedulerError`), or `Scheduled`.
+    pub reason: String,
+    /// The scheduler's words, cut to [`MAX_SCHEDULER_MESSAGE`] bytes.
+    pub message: String,
+}
+
+/// Longest scheduler message copied into status, in bytes.
+pub const MAX_SCHEDULER_MESSAGE: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResultError {
@@ -122,14 +141,7 @@ pub fn summary_error(message: Option<&str>) -> Option<String> {
     if clean.is_empty() {
         return None;
     }
-    if clean.len() <= MAX_ERROR_BYTES {
-        return Some(clean.to_owned());
-    }
-    let mut end = MAX_ERROR_BYTES - '…'.len_utf8();
-    while !clean.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(format!("{}…", &clean[..end]))
+    Some(head(clean, MAX_ERROR_BYTES))
 }
 
 fn statuses(pod: &Pod, init: bool) -> &[ContainerStatus] {
@@ -155,6 +167,7 @@ fn failed(reason: &str, message: String) -> Observation {
         start_time: None,
         completion_time: None,
         result: None,
+        scheduling: None,
     }
 }
 
@@ -224,6 +237,34 @@ fn tail(message: &str) -> &str {
     &m[start..]
 }
 
+/// The pod's `PodScheduled` condition, if the scheduler set one.
+fn scheduling(pod: &Pod) -> Option<Scheduling> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    let c = conditions.iter().find(|c| c.type_ == "PodScheduled")?;
+    let scheduled = c.status == "True";
+    let default = if scheduled { "Scheduled" } else { "Unschedulable" };
+    let reason = c.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or(default);
+    let message = c.message.as_deref().unwrap_or("no reason given").trim();
+    let message: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    Some(Scheduling {
+        scheduled,
+        reason: reason.into(),
+        message: head(&message, MAX_SCHEDULER_MESSAGE),
+    })
+}
+
+/// The start of `text`, at most `max` bytes (cut on a character boundary, marked `…`).
+fn head(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 pub fn observe(pod: &Pod) -> Observation {
     let status = pod.status.clone().unwrap_or_default();
     let start_time = status.start_time.clone();
@@ -231,6 +272,7 @@ pub fn observe(pod: &Pod) -> Observation {
     let terminated = scanner.and_then(|s| s.state.as_ref()?.terminated.clone());
     let finished_at = terminated.as_ref().and_then(|t| t.finished_at.clone());
     let result = terminated.as_ref().map(|t| parse_summary(t.message.as_deref()));
+    let scheduling = scheduling(pod);
 
     let mut obs = match status.phase.as_deref() {
         Some("Succeeded") => Observation {
@@ -240,6 +282,7 @@ pub fn observe(pod: &Pod) -> Observation {
             start_time: None,
             completion_time: None,
             result: None,
+            scheduling: None,
         },
         Some("Failed") => {
             if status.reason.as_deref() == Some("DeadlineExceeded") {
@@ -288,6 +331,7 @@ pub fn observe(pod: &Pod) -> Observation {
                 start_time: None,
                 completion_time: None,
                 result: None,
+                scheduling: None,
             }
         }
         // The scanner exited and its native sidecars are being stopped: still Running (a
@@ -299,19 +343,37 @@ pub fn observe(pod: &Pod) -> Observation {
             start_time: None,
             completion_time: None,
             result: None,
+            scheduling: None,
         },
-        _ => stuck(pod).or_else(|| failed_init(pod)).unwrap_or(Observation {
-            phase: Phase::Pending,
-            reason: "Starting".into(),
-            message:
-                "waiting for the pod to be scheduled and its init containers and sidecars to start"
-                    .into(),
-            start_time: None,
-            completion_time: None,
-            result: None,
+        _ => stuck(pod).or_else(|| failed_init(pod)).unwrap_or_else(|| {
+            let (reason, message) = match &scheduling {
+                Some(s) if !s.scheduled => (
+                    s.reason.clone(),
+                    format!(
+                        "the pod cannot be scheduled yet: {}; the scheduler keeps trying, so fix what it names (e.g. create the PersistentVolumeClaim, free or add node capacity)",
+                        s.message
+                    ),
+                ),
+                _ => (
+                    "Starting".into(),
+                    "waiting for the pod to be scheduled and its init containers and sidecars to start"
+                        .into(),
+                ),
+            };
+            Observation {
+                phase: Phase::Pending,
+                reason,
+                message,
+                start_time: None,
+                completion_time: None,
+                result: None,
+                scheduling: None,
+            }
         }),
     };
     obs.start_time = start_time;
+    // In every phase, so a `Scheduled=False` the run got while waiting turns True.
+    obs.scheduling = scheduling;
     if obs.phase.is_terminal() {
         obs.completion_time = finished_at;
         obs.result = result.or(Some(Err(ResultError::Missing)));
@@ -416,6 +478,7 @@ pub fn pod_deleted(run: &ScannerRun, pod_name: &str, now: &Time) -> ScannerRunSt
         start_time: None,
         completion_time: Some(now.clone()),
         result: None,
+        scheduling: None,
     };
     next_status(run, obs, now)
 }
@@ -429,6 +492,17 @@ pub fn next_status(run: &ScannerRun, obs: Observation, now: &Time) -> ScannerRun
     status.message = Some(obs.message.clone());
     if status.start_time.is_none() {
         status.start_time = obs.start_time.clone();
+    }
+    if let Some(s) = &obs.scheduling {
+        // False while the scheduler cannot place the pod; True again once it could, and
+        // only then (a run placed at once gets no extra condition, nor a write for it).
+        let known = status.conditions.iter().any(|c| c.type_ == SCHEDULED);
+        if !s.scheduled || known {
+            set_condition(
+                &mut status.conditions,
+                condition(SCHEDULED, s.scheduled, &s.reason, &s.message, generation, now),
+            );
+        }
     }
     let started = matches!(obs.phase, Phase::Running)
         || (obs.phase.is_terminal() && status.start_time.is_some());
@@ -616,6 +690,15 @@ mod tests {
         assert_eq!(obs.reason, "Finishing");
     }
 
+    fn run() -> ScannerRun {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"image": "s", "orgId": "acme", "source": {"volume": {"claimName": "c"}}},
+        }))
+        .unwrap()
+    }
+
     fn failed_scanner(summary: &str) -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p"},
@@ -641,13 +724,7 @@ mod tests {
         assert_eq!((obs.phase, obs.reason.as_str()), (Phase::Failed, "ScannerFailed"));
         assert_eq!(obs.message, format!("the scanner exited with code 4: {error}"));
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let run: ScannerRun = serde_json::from_value(serde_json::json!({
-            "apiVersion": "sanctum.dev/v1alpha1", "kind": "ScannerRun",
-            "metadata": {"name": "r", "namespace": "ns"},
-            "spec": {"image": "s", "orgId": "acme", "source": {"volume": {"claimName": "c"}}},
-        }))
-        .unwrap();
-        let status = step(&run, obs, &now).status;
+        let status = step(&run(), obs, &now).status;
         let recorded = status.conditions.iter().find(|c| c.type_ == RESULT_RECORDED).unwrap();
         assert!(recorded.message.contains("only what was reviewed before it stopped"));
         // Without a summary error, the exit code alone, as before.
@@ -668,6 +745,57 @@ mod tests {
         let long = quote(&"é".repeat(400)).unwrap();
         assert!(long.len() <= MAX_ERROR_BYTES && long.ends_with('…'), "{}", long.len());
         assert_eq!(quote(&"a".repeat(MAX_ERROR_BYTES)).unwrap().len(), MAX_ERROR_BYTES);
+    }
+
+    /// A pod the scheduler cannot place leaves the run `Pending` (the scheduler retries;
+    /// the user may create the claim), saying why in the message and a `Scheduled=False`
+    /// condition, which turns True once the pod is placed.
+    #[test]
+    fn an_unschedulable_pod_says_why_and_the_run_waits() {
+        let why = "0/1 nodes are available: persistentvolumeclaim \"sanctum-checkout\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.";
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": why,
+                "lastTransitionTime": "2026-11-22T10:00:05Z"}]},
+        }))
+        .unwrap();
+        let obs = observe(&pod);
+        assert_eq!((obs.phase, obs.reason.as_str()), (Phase::Pending, "Unschedulable"));
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut waiting = run();
+        waiting.status =
+            Some(ScannerRunStatus { phase: Some(Phase::Pending), ..Default::default() });
+        let first = step(&waiting, obs, &now);
+        assert!(first.changed && !first.terminal && first.entered.is_none(), "{first:?}");
+        assert_eq!(first.status.phase, Some(Phase::Pending));
+        let message = first.status.message.as_deref().unwrap();
+        assert!(message.contains(why) && message.contains("keeps trying"), "{message}");
+        let scheduled = first.status.conditions.iter().find(|c| c.type_ == SCHEDULED).unwrap();
+        assert_eq!(
+            (scheduled.status.as_str(), scheduled.reason.as_str()),
+            ("False", "Unschedulable")
+        );
+        assert_eq!(scheduled.message, why);
+
+        // Placed: the condition turns True.
+        waiting.status = Some(first.status);
+        let placed: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+        }))
+        .unwrap();
+        let obs = observe(&placed);
+        assert_eq!(obs.reason, "Starting");
+        let status = step(&waiting, obs, &now).status;
+        let scheduled = status.conditions.iter().find(|c| c.type_ == SCHEDULED).unwrap();
+        assert_eq!((scheduled.status.as_str(), scheduled.reason.as_str()), ("True", "Scheduled"));
+
+        // A run placed at once gets no Scheduled condition.
+        let mut fresh = run();
+        fresh.status = Some(ScannerRunStatus { phase: Some(Phase::Pending), ..Default::default() });
+        let status = step(&fresh, observe(&placed), &now).status;
+        assert!(status.conditions.iter().all(|c| c.type_ != SCHEDULED), "{status:?}");
     }
 
     #[test]
