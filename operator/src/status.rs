@@ -243,8 +243,18 @@ fn scheduling(pod: &Pod) -> Option<Scheduling> {
     let c = conditions.iter().find(|c| c.type_ == "PodScheduled")?;
     let scheduled = c.status == "True";
     let default = if scheduled { "Scheduled" } else { "Unschedulable" };
-    let reason = c.reason.as_deref().filter(|r| !r.is_empty()).unwrap_or(default);
-    let message = c.message.as_deref().unwrap_or("no reason given").trim();
+    // A condition reason is CamelCase (metav1.Condition's pattern); any other is replaced.
+    let camel = |r: &&str| {
+        r.len() <= 64
+            && r.starts_with(|c: char| c.is_ascii_alphabetic())
+            && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let reason = c.reason.as_deref().filter(camel).unwrap_or(default);
+    let message = match c.message.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        Some(m) => m,
+        None if scheduled => "the scheduler placed the pod on a node",
+        None => "the scheduler gave no reason",
+    };
     let message: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     Some(Scheduling {
         scheduled,
