@@ -17,6 +17,9 @@
 //!   tries again after 5 s to 5 min ([`crate::refusal`]); either way one Event quotes the
 //!   server. The NetworkPolicy is applied only when the server does not hold it already
 //!   ([`crate::stored`]), so a retry writes nothing and wakes nothing.
+//! - A run in a namespace Sanctum never injects (`kube-system`, the operator's own) or in the
+//!   gateway's, which holds the provider keys, fails (`NamespaceNotAllowed`) before anything
+//!   is created for it ([`crate::tenancy::refuse_run_namespace`]).
 //! - A spec that cannot be built fails the run with a condition and an Event, and is not
 //!   retried: only a new ScannerRun can fix it (the spec is immutable).
 //! - The run's Secret is used only if this run created it: right after the create succeeds
@@ -233,6 +236,12 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
             release(ctx, &runs, run).await?;
         }
         return Ok(Action::await_change());
+    }
+    // Before the finalizer and the token: nothing is created for a run refused here.
+    if let Some(message) = crate::tenancy::refuse_run_namespace(&namespace, &ctx.config) {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let reason = crate::tenancy::NAMESPACE_NOT_ALLOWED;
+        return fail_conflict(run, ctx, &runs, &name, reason, &message, &now).await;
     }
     let with_finalizer;
     let run = if has_finalizer(run) {

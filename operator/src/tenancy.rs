@@ -15,11 +15,16 @@
 //! With no policy for a namespace, nothing in it gets a token: a ScannerRun fails
 //! (`OrgNotAllowed`, with the config line to add) and the token service answers 403. A
 //! fresh install therefore bills no org until the admin says which.
+//!
+//! Some namespaces hold no ScannerRun whatever the policy says ([`refuse_run_namespace`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::config::OperatorConfig;
+use crate::webhook::admission::skip_reason;
 
 /// The `tenancy` section of the operator config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,9 +204,48 @@ impl Tenancy {
     }
 }
 
+/// Condition and Event reason of a run in a namespace ScannerRuns may not use.
+pub const NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
+
+/// Why ScannerRuns may not run in `namespace`, or `None` when they may: the namespaces the
+/// admission webhook never injects ([`skip_reason`]: `kube-system` and the operator's own,
+/// the one list both use), and the gateway's (`gateway.namespace`), which holds the
+/// provider keys. The message names the namespace and what to do.
+pub fn refuse_run_namespace(namespace: &str, config: &OperatorConfig) -> Option<String> {
+    let why = match skip_reason(namespace, config) {
+        Some(why) => why,
+        None if namespace == config.gateway.namespace => {
+            "it is the gateway's namespace, which holds the provider keys"
+        }
+        None => return None,
+    };
+    Some(format!(
+        "ScannerRuns may not run in namespace {namespace} ({why}); create the run in a namespace meant for scans, one the operator config's tenancy section lets bill an org"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_are_refused_where_sanctum_never_injects_and_in_the_gateway_s_namespace() {
+        let config = OperatorConfig::default();
+        assert_eq!(
+            (config.namespace.as_str(), config.gateway.namespace.as_str()),
+            ("sanctum-system", "scan-infra")
+        );
+        for (ns, why) in [
+            ("kube-system", "kube-system is never injected"),
+            ("sanctum-system", "the operator's own namespace"),
+            ("scan-infra", "provider keys"),
+        ] {
+            let message = refuse_run_namespace(ns, &config).unwrap();
+            assert!(message.contains(&format!("namespace {ns} (")), "{message}");
+            assert!(message.contains(why) && message.contains("meant for scans"), "{message}");
+        }
+        assert_eq!(refuse_run_namespace("team-a", &config), None);
+    }
 
     fn tenancy(yaml: &str) -> Tenancy {
         let t: Tenancy = serde_yaml::from_str(yaml).unwrap();

@@ -536,6 +536,46 @@ async fn without_a_tenancy_policy_a_run_fails_with_the_line_to_add() {
     scenario_with(OperatorConfig::default(), run_json(json!(null)), script, key_slot()).await;
 }
 
+/// A run in the gateway's namespace (which holds the provider keys), `kube-system` or the
+/// operator's own fails with `NamespaceNotAllowed` and an Event, before it gets a
+/// finalizer, a token, a policy or a pod.
+#[tokio::test]
+async fn run_in_a_namespace_sanctum_keeps_out_of_fails_before_anything_is_created() {
+    for namespace in ["scan-infra", "kube-system", "sanctum-system"] {
+        let mut run = run_json(json!(null));
+        run["metadata"]["namespace"] = json!(namespace);
+        run["metadata"]["finalizers"] = json!([]);
+        let says_what = move |text: &str| {
+            assert!(text.contains(&format!("may not run in namespace {namespace} (")), "{text}");
+            assert!(text.contains("create the run in a namespace meant for scans"), "{text}");
+        };
+        let status_path =
+            format!("/apis/sanctum.dev/v1alpha1/namespaces/{namespace}/scannerruns/run-1/status");
+        let script = vec![
+            expect(Method::PATCH, &status_path, 200, Some(run_json(json!(null))), move |body| {
+                let status = &body["status"];
+                assert_eq!(status["phase"], "Failed");
+                assert_eq!(condition(status, "Provisioned")["reason"], "NamespaceNotAllowed");
+                assert_eq!(condition(status, "Finished")["reason"], "NamespaceNotAllowed");
+                says_what(status["message"].as_str().unwrap());
+            }),
+            expect(
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
+                201,
+                None,
+                move |body| {
+                    assert_eq!(body["reason"], "NamespaceNotAllowed");
+                    assert_eq!(body["type"], "Warning");
+                    says_what(body["note"].as_str().unwrap());
+                },
+            ),
+        ];
+        let ctx = scenario(run, script, key_slot()).await;
+        assert!(ctx.revoked.is_empty(), "no token was minted");
+    }
+}
+
 fn already_exists() -> Option<Value> {
     Some(
         json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"AlreadyExists","code":409,"message":"secrets \"run-1-sanctum\" already exists"}),
