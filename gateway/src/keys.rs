@@ -111,16 +111,19 @@ impl ProviderKeys {
         Self { dir: dir.into(), recheck, cache: Arc::new(Mutex::new(HashMap::new())) }
     }
 
-    /// `Ok` when every org of `orgs` that uses this directory has a usable key: each listed
+    /// Whether the orgs of `orgs` that use this directory have usable keys: each listed
     /// org's file, and (when unlisted orgs use it) every key file present, exists, is not
     /// empty or whitespace only, is readable and header-safe. One `read_dir` and at most one
     /// `stat` (or read, on change) per key file; cheap enough for every probe.
     ///
-    /// Errors: [`KeysUnready::Orgs`] naming each org without a usable key and why (orgs in
-    /// name order); [`KeysUnready::NoKeys`] when unlisted orgs use this directory, no other
-    /// provider serves any org and no key file is there (a missing Secret mounts as an empty
-    /// directory); [`KeysUnready::Io`] when the directory cannot be listed.
-    pub fn readiness(&self, orgs: &KeyedOrgs) -> Result<(), KeysUnready> {
+    /// `Ok(None)`: every org has a usable key. `Ok(Some(`[`KeysUnready::Orgs`]`))`: ready,
+    /// but the orgs named (in name order) have no usable key, and their requests fail.
+    ///
+    /// Errors (not ready): [`KeysUnready::Orgs`] when no org checked has a usable key;
+    /// [`KeysUnready::NoKeys`] when unlisted orgs use this directory, no other provider serves
+    /// any org and no key file is there (a missing Secret mounts as an empty directory);
+    /// [`KeysUnready::Io`] when the directory cannot be listed.
+    pub fn readiness(&self, orgs: &KeyedOrgs) -> Result<Option<KeysUnready>, KeysUnready> {
         let dir = || self.dir.display().to_string();
         let mut checked: Vec<String> = orgs.listed.clone();
         if orgs.unlisted {
@@ -146,12 +149,16 @@ impl ProviderKeys {
             }
         }
         if !faults.is_empty() {
-            return Err(KeysUnready::Orgs { dir: dir(), faults });
+            let why = KeysUnready::Orgs { dir: dir(), faults };
+            // An unready pod leaves the Service for every org: one org's missing key must not
+            // stop the others (its own requests get a 503 naming the file). Unready only when
+            // no org this directory serves has a usable key.
+            return if usable == 0 { Err(why) } else { Ok(Some(why)) };
         }
         if orgs.unlisted && orgs.elsewhere.is_empty() && usable == 0 {
             return Err(KeysUnready::NoKeys { dir: dir() });
         }
-        Ok(())
+        Ok(None)
     }
 
     pub fn dir(&self) -> &Path {
@@ -265,20 +272,25 @@ mod tests {
         let why = keys.readiness(&unlisted).unwrap_err().to_string();
         assert!(why.contains("org 'acme'") && why.contains("is empty"), "{why}");
         std::fs::write(dir.path().join("acme"), "sk-SECRETVALUE\n").unwrap();
-        assert_eq!(keys.readiness(&unlisted), Ok(()));
+        assert_eq!(keys.readiness(&unlisted), Ok(None));
 
-        // Listed orgs need their file; another provider's org is not checked.
+        // Listed orgs need their file; another provider's org is not checked. While `acme`
+        // has a key, `initech`'s missing one is reported but leaves the gateway ready.
         std::fs::write(dir.path().join("globex"), "").unwrap();
         let orgs = KeyedOrgs {
             listed: vec!["initech".into()],
             elsewhere: vec!["globex".into()],
             unlisted: true,
         };
-        let why = keys.readiness(&orgs).unwrap_err().to_string();
+        let why = keys.readiness(&orgs).unwrap().expect("initech reported").to_string();
         assert!(why.contains("org 'initech'") && !why.contains("globex"), "{why}");
-        assert!(!why.contains("SECRETVALUE"), "{why}");
+        assert!(!why.contains("org 'acme'") && !why.contains("SECRETVALUE"), "{why}");
+        // With no org that has a key, not ready.
+        let only_initech = KeyedOrgs { unlisted: false, ..orgs.clone() };
+        let why = keys.readiness(&only_initech).unwrap_err().to_string();
+        assert!(why.contains("org 'initech'"), "{why}");
         std::fs::write(dir.path().join("initech"), "a\nSECRETVALUE").unwrap();
-        let why = keys.readiness(&orgs).unwrap_err().to_string();
+        let why = keys.readiness(&only_initech).unwrap_err().to_string();
         assert!(why.contains("cannot be sent in a header") && !why.contains("SECRETVALUE"));
 
         // Only another provider's orgs, and unlisted orgs not on Anthropic: nothing needed.
@@ -286,12 +298,12 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
             ProviderKeys::new(empty.path(), Duration::ZERO).readiness(&bedrock_only),
-            Ok(())
+            Ok(None)
         );
         let with_bedrock = KeyedOrgs { unlisted: true, ..bedrock_only };
         assert_eq!(
             ProviderKeys::new(empty.path(), Duration::ZERO).readiness(&with_bedrock),
-            Ok(())
+            Ok(None)
         );
     }
 

@@ -226,14 +226,15 @@ pub fn run(args: Options) -> anyhow::Result<()> {
 }
 
 /// The admin port's state: the gateway, the process's one metrics registry, and the keys
-/// directory the Anthropic provider reads (checked for readiness: every org it serves must
-/// have a usable key, as the chart's NOTES promise).
+/// directory the Anthropic provider reads (checked for readiness: unready while no org it
+/// serves has a usable key, as the chart's NOTES promise).
 struct Admin {
     gw: Arc<Gateway>,
     registry: Registry,
     keys: ProviderKeys,
-    /// The last keys verdict logged, so a probe every few seconds logs only changes.
-    keys_logged: std::sync::Mutex<Option<Result<(), String>>>,
+    /// The last keys verdict logged, so a probe every few seconds logs only changes:
+    /// `Ok(Some(why))` is ready with some orgs' keys missing.
+    keys_logged: std::sync::Mutex<Option<Result<Option<String>, String>>>,
 }
 
 impl Admin {
@@ -272,20 +273,28 @@ impl Admin {
         Self { gw, registry, keys, keys_logged: std::sync::Mutex::new(None) }
     }
 
-    /// Whether every org the Anthropic provider serves has a usable key; logs the verdict
-    /// when it changes (the reason names orgs and files, never a key).
+    /// Whether the Anthropic provider can serve: unready when no org it serves has a usable
+    /// key ([`ProviderKeys::readiness`]). Logs the verdict when it changes, including orgs
+    /// without a key while others have one (the reason names orgs and files, never a key).
     fn keys_ready(&self) -> Result<(), String> {
-        let verdict = self.keys.readiness(self.gw.orgs.keyed()).map_err(|e| e.to_string());
+        let verdict = self
+            .keys
+            .readiness(self.gw.orgs.keyed())
+            .map(|incomplete| incomplete.map(|why| why.to_string()))
+            .map_err(|e| e.to_string());
         let mut logged = self.keys_logged.lock().unwrap_or_else(|e| e.into_inner());
         if logged.as_ref() != Some(&verdict) {
             match &verdict {
                 Err(why) => tracing::warn!(reason = %why, "gateway unready: provider keys"),
-                Ok(()) if logged.is_some() => tracing::info!("provider keys complete: ready"),
-                Ok(()) => {}
+                Ok(Some(why)) => {
+                    tracing::warn!(reason = %why, "provider keys incomplete: these orgs' requests fail")
+                }
+                Ok(None) if logged.is_some() => tracing::info!("provider keys complete"),
+                Ok(None) => {}
             }
             *logged = Some(verdict.clone());
         }
-        verdict
+        verdict.map(drop)
     }
 }
 

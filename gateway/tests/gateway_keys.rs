@@ -1,7 +1,8 @@
 //! Readiness follows the provider keys: the gateway binary stays unready (naming the org and
-//! what to do, never a key) while an org it serves through Anthropic has no usable key — the
+//! what to do, never a key) while no org it serves through Anthropic has a usable key — the
 //! Secret missing, or made with `--from-literal=acme="$UNSET"` — and turns ready without a
-//! restart once the key is written, the way a Secret volume update writes it.
+//! restart once the key is written, the way a Secret volume update writes it. One org's
+//! missing key, while others have theirs, fails only that org's requests.
 
 mod gateway_support;
 
@@ -88,10 +89,24 @@ async fn an_empty_or_missing_key_keeps_the_gateway_unready_until_it_is_written()
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(p.requests()[0].header("x-api-key"), Some(ORG_KEY));
 
-    // A second org's Secret key added empty makes it unready again, naming that org only.
+    // A second org's Secret key added empty: that org's requests fail, naming its file, but
+    // the gateway stays ready for `acme` (an unready pod would leave the Service for all).
     write_key(&s, "globex", "\n");
-    let body = readyz_becomes(&mut gw, 503, &["org 'globex'"]).await;
-    assert!(!body.contains("org 'acme'") && !body.contains(ORG_KEY), "{body}");
+    let mut claims = trat_claims("run-g", "txn-g");
+    claims["tctx"]["org_id"] = serde_json::json!("globex");
+    let trat = s.trat_key.sign(&claims);
+    let g = call(&gw, Some(&s.svid("run-g")), Some(&trat), messages_body(false, 5, "x")).await;
+    assert_eq!(g.status, 503, "{}", g.text());
+    assert!(g.text().contains("globex") && !g.text().contains(ORG_KEY), "{}", g.text());
+    readyz_becomes(&mut gw, 200, &[]).await;
+    let a = call(
+        &gw,
+        Some(&s.svid("run-e")),
+        Some(&s.trat("run-e", "txn-e")),
+        messages_body(false, 5, "x"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
 }
 
 #[tokio::test]
@@ -102,7 +117,9 @@ async fn listed_anthropic_orgs_need_a_key_and_bedrock_orgs_do_not() {
         .unwrap();
     let config = s.path("gateway.yaml");
     // `globex` is on Bedrock (credentials from a directory that has none yet: its requests
-    // fail, the gateway stays ready, as the chart says); `initech` is on Anthropic.
+    // fail, the gateway stays ready, as the chart says); `initech` is on Anthropic, and no
+    // other org has a key yet.
+    std::fs::remove_file(s.path("keys").join(ORG)).unwrap();
     std::fs::write(
         &config,
         format!(
