@@ -115,19 +115,21 @@ async fn write_status(
 
 /// Writes the revoked list to its ConfigMap (server-side apply), if anything was added.
 pub async fn save_revoked(ctx: &Context) -> Result<(), Error> {
-    if !ctx.revoked.take_dirty() {
-        return Ok(());
-    }
+    // One save at a time: a list built earlier must never overwrite a newer one.
+    let _one = ctx.revoked.save_lock.lock().await;
+    let Some(change) = ctx.revoked.unsaved() else { return Ok(()) };
     let namespace = &ctx.config.namespace;
     let cm = ctx.revoked.to_configmap(namespace, now_secs());
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let apply = PatchParams::apply(MANAGER).force();
-    if let Err(e) = cms.patch(revoked::CONFIGMAP, &apply, &Patch::Apply(&cm)).await {
-        ctx.revoked.set_dirty();
-        return Err(e.into());
-    }
+    cms.patch(revoked::CONFIGMAP, &apply, &Patch::Apply(&cm)).await?;
+    ctx.revoked.mark_saved(change);
     Ok(())
 }
+
+/// How long a finished run waits for the save loop (one write a second at most) to put its
+/// `txn` into the ConfigMap before its finalizer can go.
+const SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn has_finalizer(run: &ScannerRun) -> bool {
     run.finalizers().iter().any(|f| f == revoked::FINALIZER)
@@ -147,14 +149,29 @@ async fn set_finalizers(
     Ok(written.metadata.resource_version)
 }
 
-/// Saves the revoked list (holding the run's `txn`, revoked by the caller), then removes
-/// our finalizer and only ours, conditional on the run's `resourceVersion`. Saved first:
-/// once the finalizer is gone, nothing would bring the txn back to the list after a restart.
-async fn release(ctx: &Context, runs: &Api<ScannerRun>, run: &ScannerRun) -> Result<(), Error> {
-    save_revoked(ctx).await?;
-    let rest = run.finalizers().iter().filter(|f| *f != revoked::FINALIZER).cloned();
-    set_finalizers(runs, run, rest.collect()).await?;
-    Ok(())
+/// Removes our finalizer (and only ours, conditional on the run's `resourceVersion`) once the
+/// run's `txn`, revoked by the caller, is in the saved ConfigMap; until then, looks again
+/// after [`SAVE_WAIT`]. Saved first: once the finalizer is gone, nothing would bring the txn
+/// back to the list after a restart. The save loop writes the list within a second for all
+/// runs that ended or were deleted meanwhile: a thousand at once cost a few writes, not a
+/// thousand.
+async fn release_when_saved(
+    ctx: &Context,
+    runs: &Api<ScannerRun>,
+    run: &ScannerRun,
+) -> Result<Action, Error> {
+    if has_finalizer(run) {
+        if !run.metadata.uid.as_deref().is_none_or(|txn| ctx.revoked.is_saved(txn)) {
+            return Ok(Action::requeue(SAVE_WAIT));
+        }
+        set_finalizers(runs, run, without_ours(run)).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// The run's finalizers without ours (another controller's are kept).
+fn without_ours(run: &ScannerRun) -> Vec<String> {
+    run.finalizers().iter().filter(|f| *f != revoked::FINALIZER).cloned().collect()
 }
 
 /// Revokes the run's `txn` (its UID) until its TraT would have expired anyway.
@@ -222,20 +239,14 @@ async fn reconcile_inner(run: &ScannerRun, ctx: &Context) -> Result<Action, Erro
     if run.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the pod, Secret and policy.
         revoke(run, ctx);
-        if has_finalizer(run) {
-            release(ctx, &runs, run).await?;
-        }
-        return Ok(Action::await_change());
+        return release_when_saved(ctx, &runs, run).await;
     }
     if run.phase().is_some_and(Phase::is_terminal) {
         revoke(run, ctx);
         // A finished run holds nothing more to save once its txn is in the ConfigMap; kept,
         // the finalizer would block the run's deletion (and its namespace's) whenever the
         // operator is gone, e.g. after `helm uninstall`.
-        if has_finalizer(run) {
-            release(ctx, &runs, run).await?;
-        }
-        return Ok(Action::await_change());
+        return release_when_saved(ctx, &runs, run).await;
     }
     // Before the finalizer and the token: nothing is created for a run refused here.
     if let Some(message) = crate::tenancy::refuse_run_namespace(&namespace, &ctx.config) {

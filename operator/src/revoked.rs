@@ -4,17 +4,18 @@
 //!
 //! The list survives restarts: it is kept in the ConfigMap `sanctum-revoked` (key
 //! `revoked.json`, the same document `/revoked` serves) in the operator's namespace,
-//! written after each new entry and read back at start-up, before the operator reports
+//! written within a second of a new entry and read back at start-up, before the operator reports
 //! ready or serves `/revoked` (until then `/revoked` answers 503, so gateways keep the list
 //! they have instead of taking an empty one). At start-up every ended or deleting run is
-//! revoked again as well. A run deleted while it runs is revoked through the finalizer
-//! `sanctum.dev/revoke`: the entry is written to the ConfigMap before the finalizer is
-//! removed, so no deleted run's `txn` is ever forgotten. Each entry is kept until its
+//! revoked again as well. Every unfinished run holds the finalizer `sanctum.dev/revoke`: it
+//! is removed only once the run's entry is in the saved ConfigMap ([`Revoked::is_saved`]), so
+//! no deleted run's `txn` is ever forgotten. Saves are batched (one write a second at most
+//! from the save loop), so a thousand runs ending at once cost a few writes, not a thousand. Each entry is kept until its
 //! token's `exp` (an upper bound) has passed; the gateway refuses expired tokens anyway.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,41 +27,63 @@ pub const CONFIGMAP_KEY: &str = "revoked.json";
 /// Held by every unfinished run, so its deletion waits until its `txn` is saved as revoked.
 pub const FINALIZER: &str = "sanctum.dev/revoke";
 
+/// One revoked `txn`: until when, and the change that added it.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Seconds since the epoch: after it the token is dead anyway.
+    exp: u64,
+    /// The [`Revoked::changes`] number of the insert (0: read back from the saved list).
+    change: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Revoked {
-    // txn -> exp (seconds since the epoch): after exp the token is dead anyway.
-    entries: Mutex<BTreeMap<String, u64>>,
-    /// Entries were added since the last save.
-    dirty: AtomicBool,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    /// Changes made so far (each new or extended entry is one).
+    changes: AtomicU64,
+    /// Changes up to this number are in the saved ConfigMap.
+    saved: AtomicU64,
     /// The saved list was read back (or found absent) after start-up.
     restored: AtomicBool,
+    /// Held while a save is built and written, so an older list never overwrites a newer.
+    pub save_lock: tokio::sync::Mutex<()>,
 }
 
 impl Revoked {
     /// Returns true when the txn was not listed before (it then needs saving).
     pub fn revoke(&self, txn: &str, exp: u64) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let old = entries.insert(txn.to_owned(), exp);
-        let new = old.is_none_or(|old| old != exp);
-        if new {
-            self.dirty.store(true, Ordering::Release);
+        let old = entries.get(txn).copied();
+        if old.is_none_or(|old| old.exp != exp) {
+            // Under the lock: a save that reads `changes` first holds every entry up to it.
+            let change = self.changes.fetch_add(1, Ordering::AcqRel) + 1;
+            entries.insert(txn.to_owned(), Entry { exp, change });
         }
         old.is_none()
     }
 
-    /// Whether entries were added since the last [`Revoked::take_dirty`].
+    /// Whether changes were made since the last recorded save.
     pub fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire)
+        self.saved.load(Ordering::Acquire) < self.changes.load(Ordering::Acquire)
     }
 
-    /// Clears the flag before a save, returning it; call [`Revoked::set_dirty`] when the
-    /// save failed. (Cleared first, so an entry added during the save is saved next time.)
-    pub fn take_dirty(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
+    /// The change number a save about to be built covers, or `None` when there is nothing
+    /// to save. Read it before [`Revoked::to_configmap`], and pass it to
+    /// [`Revoked::mark_saved`] once the write succeeded.
+    pub fn unsaved(&self) -> Option<u64> {
+        let changes = self.changes.load(Ordering::Acquire);
+        (self.saved.load(Ordering::Acquire) < changes).then_some(changes)
     }
 
-    pub fn set_dirty(&self) {
-        self.dirty.store(true, Ordering::Release);
+    /// Records that a save holding every change up to `change` was written.
+    pub fn mark_saved(&self, change: u64) {
+        self.saved.fetch_max(change, Ordering::AcqRel);
+    }
+
+    /// Whether `txn` is listed and its entry is in the saved ConfigMap.
+    pub fn is_saved(&self, txn: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(txn).is_some_and(|e| e.change <= self.saved.load(Ordering::Acquire))
     }
 
     /// Adds the entries of a saved document (`revoked.json`); a malformed one is an error
@@ -79,8 +102,14 @@ impl Revoked {
         let n = doc.revoked.len();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         for e in doc.revoked {
-            let exp = entries.get(e.txn.as_ref()).copied().unwrap_or(0).max(e.exp.unwrap_or(0));
-            entries.insert(e.txn.into_owned(), exp);
+            let saved = e.exp.unwrap_or(0);
+            match entries.get_mut(e.txn.as_ref()) {
+                // Revoked here since start-up: keep the later exp; its save is still due.
+                Some(entry) => entry.exp = entry.exp.max(saved),
+                None => {
+                    entries.insert(e.txn.into_owned(), Entry { exp: saved, change: 0 });
+                }
+            }
         }
         Ok(n)
     }
@@ -122,11 +151,11 @@ impl Revoked {
     /// `{"revoked":[{"txn":…,"exp":…}]}`, dropping entries expired before `now`.
     pub fn to_json(&self, now: u64) -> String {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|_, exp| *exp >= now);
+        entries.retain(|_, e| e.exp >= now);
         RevokedList {
             revoked: entries
                 .iter()
-                .map(|(txn, exp)| RevokedEntry { txn: txn.into(), exp: Some(*exp) })
+                .map(|(txn, e)| RevokedEntry { txn: txn.into(), exp: Some(e.exp) })
                 .collect(),
         }
         .to_json()
@@ -155,10 +184,13 @@ mod tests {
         before.revoke("a", 100);
         before.revoke("b", 200);
         assert!(before.is_dirty());
+        let change = before.unsaved().expect("two changes to save");
         let cm = before.to_configmap("sanctum-system", 50);
         assert_eq!(cm.metadata.name.as_deref(), Some(CONFIGMAP));
-        assert!(before.take_dirty());
-        assert!(!before.is_dirty());
+        assert!(!before.is_saved("a"));
+        before.mark_saved(change);
+        assert!(!before.is_dirty() && before.unsaved().is_none());
+        assert!(before.is_saved("a") && before.is_saved("b") && !before.is_saved("c"));
 
         let after = Revoked::default();
         assert!(!after.is_restored());
@@ -169,5 +201,26 @@ mod tests {
         assert!(after.is_restored());
         let err = after.restore("[]").unwrap_err();
         assert!(err.contains("sanctum-revoked") && err.contains("fix or delete"), "{err}");
+    }
+
+    /// A finished run's finalizer waits for the save that holds its entry, not for an
+    /// earlier one, and not for later entries of other runs.
+    #[test]
+    fn is_saved_follows_the_save_that_covers_the_entry() {
+        let r = Revoked::default();
+        r.revoke("a", 100);
+        let first = r.unsaved().unwrap();
+        r.revoke("b", 100); // after the first save was built
+        r.mark_saved(first);
+        assert!(r.is_saved("a") && !r.is_saved("b") && r.is_dirty());
+        let second = r.unsaved().unwrap();
+        r.mark_saved(second);
+        assert!(r.is_saved("b") && !r.is_dirty());
+        // Restored entries were saved already; a longer exp is a change to save.
+        let restored = Revoked::default();
+        restored.restore(r#"{"revoked":[{"txn":"a","exp":100}]}"#).unwrap();
+        assert!(restored.is_saved("a") && !restored.is_dirty());
+        restored.revoke("a", 200);
+        assert!(!restored.is_saved("a") && restored.is_dirty());
     }
 }

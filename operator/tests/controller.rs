@@ -13,7 +13,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use sanctum_operator::config::OperatorConfig;
 use sanctum_operator::crd::ScannerRun;
 use sanctum_operator::metrics::Metrics;
-use sanctum_operator::reconcile::{Context, reconcile};
+use sanctum_operator::reconcile::{Context, reconcile, save_revoked};
 use sanctum_operator::revoked::Revoked;
 use sanctum_operator::tokens::{Signer, SignerSlot};
 use serde_json::{Value, json};
@@ -127,6 +127,26 @@ async fn scenario_with(
     script: Vec<Expect>,
     signer: SignerSlot,
 ) -> Arc<Context> {
+    let run: ScannerRun = serde_json::from_value(run).unwrap();
+    scripted(config, signer, Arc::new(Revoked::default()), script, Act::Reconcile(Arc::new(run)))
+        .await
+}
+
+/// What the operator does against the scripted API server.
+enum Act {
+    /// One reconcile of the run.
+    Reconcile(Arc<ScannerRun>),
+    /// One pass of the revoked list's save loop.
+    SaveRevoked,
+}
+
+async fn scripted(
+    config: OperatorConfig,
+    signer: SignerSlot,
+    revoked: Arc<Revoked>,
+    script: Vec<Expect>,
+    act: Act,
+) -> Arc<Context> {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Arc::new(Context {
@@ -137,7 +157,7 @@ async fn scenario_with(
             client,
             Reporter { controller: "sanctum-operator".into(), instance: None },
         ),
-        revoked: Arc::new(Revoked::default()),
+        revoked,
         metrics: Arc::new(Metrics::default()),
         failures: Default::default(),
     });
@@ -179,8 +199,15 @@ async fn scenario_with(
         }
         handle
     });
-    let run: ScannerRun = serde_json::from_value(run).unwrap();
-    let reconciling = tokio::spawn(reconcile(Arc::new(run), ctx.clone()));
+    let acting = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            match act {
+                Act::Reconcile(run) => reconcile(run, ctx).await.map(drop),
+                Act::SaveRevoked => save_revoked(&ctx).await,
+            }
+        })
+    };
     let wait = std::time::Duration::from_secs(5);
     let mut handle = tokio::time::timeout(wait, server)
         .await
@@ -192,7 +219,7 @@ async fn scenario_with(
     if let Ok(Some((request, _))) = extra {
         panic!("unexpected extra request {} {}", request.method(), request.uri());
     }
-    tokio::time::timeout(wait, reconciling)
+    tokio::time::timeout(wait, acting)
         .await
         .expect("reconcile hung")
         .unwrap()
@@ -412,30 +439,42 @@ async fn finished_run_is_left_alone() {
 /// deleting it (or its namespace, after `helm uninstall`) never waits on an operator that
 /// is gone. Only our finalizer goes, guarded by the run's resourceVersion.
 #[tokio::test]
-async fn finished_run_saves_its_txn_then_drops_only_our_finalizer() {
+async fn finished_run_drops_only_our_finalizer_once_its_txn_is_saved() {
     let mut run = run_json(json!({"phase": "Failed", "podName": "run-1-scanner"}));
     run["metadata"]["finalizers"] = json!(["sanctum.dev/revoke", "other.example/keep"]);
     // Created just now, so its entry has not expired by the time the list is written.
     run["metadata"]["creationTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
-    let script = vec![
-        expect(
-            Method::PATCH,
-            "/api/v1/namespaces/sanctum-system/configmaps/sanctum-revoked",
-            200,
-            None,
-            |body| {
-                let list: Value =
-                    serde_json::from_str(body["data"]["revoked.json"].as_str().unwrap()).unwrap();
-                assert_eq!(list["revoked"][0]["txn"], UID);
-            },
-        ),
-        expect(Method::PATCH, RUN, 200, Some(run_json(json!(null))), |body| {
-            assert_eq!(body["metadata"]["finalizers"], json!(["other.example/keep"]));
-            assert_eq!(body["metadata"]["resourceVersion"], "41");
-        }),
-    ];
-    let ctx = scenario(run, script, key_slot()).await;
-    assert!(!ctx.revoked.is_dirty(), "saved");
+    released_after_the_save(run, |list| assert_eq!(list["revoked"][0]["txn"], UID)).await;
+}
+
+/// The finalizer's protocol, in three passes against the scripted API server: the run's
+/// txn is revoked but not saved yet, so the run waits (no request; a thousand runs ending
+/// at once do not each write the list); the save loop writes the list (`check_list` sees
+/// its `revoked.json`); the next pass removes only our finalizer, guarded by the run's
+/// resourceVersion.
+async fn released_after_the_save(run: Value, check_list: impl Fn(&Value) + Send + 'static) {
+    let revoked = Arc::new(Revoked::default());
+    let run: Arc<ScannerRun> = Arc::new(serde_json::from_value(run).unwrap());
+    let pass = |script, act| scripted(config(), key_slot(), revoked.clone(), script, act);
+    pass(vec![], Act::Reconcile(run.clone())).await;
+    assert!(revoked.is_dirty() && !revoked.is_saved(UID), "revoked, not saved yet");
+    let save = expect(
+        Method::PATCH,
+        "/api/v1/namespaces/sanctum-system/configmaps/sanctum-revoked",
+        200,
+        None,
+        move |body| {
+            let list = serde_json::from_str(body["data"]["revoked.json"].as_str().unwrap());
+            check_list(&list.unwrap());
+        },
+    );
+    pass(vec![save], Act::SaveRevoked).await;
+    assert!(revoked.is_saved(UID) && !revoked.is_dirty(), "saved");
+    let release = expect(Method::PATCH, RUN, 200, Some(run_json(json!(null))), |body| {
+        assert_eq!(body["metadata"]["finalizers"], json!(["other.example/keep"]));
+        assert_eq!(body["metadata"]["resourceVersion"], "41");
+    });
+    pass(vec![release], Act::Reconcile(run)).await;
 }
 
 #[tokio::test]
@@ -664,27 +703,12 @@ async fn deleted_run_is_saved_as_revoked_before_its_finalizer_goes() {
     let created = k8s_openapi::jiff::Timestamp::now();
     run["metadata"]["creationTimestamp"] = json!(created.to_string());
     let created = u64::try_from(created.as_second()).unwrap();
-    let script = vec![
-        expect(
-            Method::PATCH,
-            "/api/v1/namespaces/sanctum-system/configmaps/sanctum-revoked",
-            200,
-            None,
-            move |body| {
-                let list: Value =
-                    serde_json::from_str(body["data"]["revoked.json"].as_str().unwrap()).unwrap();
-                assert_eq!(list["revoked"][0]["txn"], UID);
-                // Kept until the token would have expired: creation + timeout + margin + slack.
-                assert!(list["revoked"][0]["exp"].as_u64().unwrap() >= created + 3600 + 600);
-            },
-        ),
-        expect(Method::PATCH, RUN, 200, Some(run_json(json!(null))), |body| {
-            assert_eq!(body["metadata"]["finalizers"], json!(["other.example/keep"]));
-            assert_eq!(body["metadata"]["resourceVersion"], "41");
-        }),
-    ];
-    let ctx = scenario(run, script, key_slot()).await;
-    assert!(!ctx.revoked.is_dirty(), "saved");
+    released_after_the_save(run, move |list| {
+        assert_eq!(list["revoked"][0]["txn"], UID);
+        // Kept until the token would have expired: creation + timeout + margin + slack.
+        assert!(list["revoked"][0]["exp"].as_u64().unwrap() >= created + 3600 + 600);
+    })
+    .await;
 }
 
 #[test]
