@@ -116,29 +116,18 @@ fn platform_arch() -> oci_spec::image::Arch {
     }
 }
 
-/// One layer written to its scratch file: `sha256` hex of its bytes and their count.
+/// One layer written to its scratch file (removed when dropped, also when writing fails):
+/// `sha256` hex of its bytes and their count.
 struct Layer {
     hex: String,
     size: u64,
-    path: PathBuf,
+    file: tempfile::NamedTempFile,
 }
 
 /// A blob of the archive: a JSON document in memory or a layer in its scratch file.
 enum Blob<'a> {
     Bytes(&'a [u8]),
     Layer(&'a Layer),
-}
-
-/// The layers' scratch files, removed when the archive is written or its writing fails.
-struct Scratch(Vec<PathBuf>);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            // Best effort: a scratch file left behind is overwritten by the next build.
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 /// One `history` entry per layer, bottom first (what `docker history` and `crane config`
@@ -175,17 +164,18 @@ pub fn write_archive(image: &Image, out: &Path) -> Result<Written> {
 
     // 1. The layers, bottom first, each streamed to its own scratch file while hashing: a
     //    blob's size must be known before it goes into the archive.
-    let mut scratch = Scratch(Vec::new());
     let mut layers: Vec<Layer> = Vec::new();
-    for (i, tree) in image.layers().enumerate() {
-        let path = out.with_extension(format!("layer{i}.partial"));
-        let file = File::create(&path).map_err(io("create", &path))?;
-        scratch.0.push(path.clone());
-        let hashing = Hashing { inner: BufWriter::new(file), hash: Sha256::new(), len: 0 };
+    for tree in image.layers() {
+        let file =
+            tempfile::NamedTempFile::new_in(dir).map_err(io("create a scratch file in", dir))?;
+        let hashing =
+            Hashing { inner: BufWriter::new(file.as_file()), hash: Sha256::new(), len: 0 };
         let mut hashing = tree.write_tar(image.epoch, hashing)?;
-        hashing.flush().map_err(io("write", &path))?;
+        hashing.flush().map_err(io("write", file.path()))?;
         let hex = format!("{:x}", hashing.hash.finalize_reset());
-        layers.push(Layer { hex, size: hashing.len, path });
+        let size = hashing.len;
+        drop(hashing);
+        layers.push(Layer { hex, size, file });
     }
     let layer_size = layers.iter().map(|l| l.size).sum();
 
@@ -311,7 +301,7 @@ pub fn write_archive(image: &Image, out: &Path) -> Result<Written> {
                 .append_data(&mut header(tar::EntryType::Regular, 0o644, b.len() as u64), &name, b)
                 .map_err(wrap)?,
             Blob::Layer(l) => {
-                let layer = File::open(&l.path).map_err(io("open", &l.path))?;
+                let layer = l.file.reopen().map_err(io("open", l.file.path()))?;
                 tar.append_data(
                     &mut header(tar::EntryType::Regular, 0o644, l.size),
                     &name,
@@ -334,7 +324,7 @@ pub fn write_archive(image: &Image, out: &Path) -> Result<Written> {
     let mut buf = tar.into_inner().map_err(wrap)?;
     buf.flush().map_err(wrap)?;
     drop(buf);
-    drop(scratch);
+    drop(layers);
     std::fs::rename(&partial, out).map_err(io("rename into place", PathBuf::from(out)))?;
     let archive_size = std::fs::metadata(out).map_err(io("stat", out))?.len();
     Ok(Written {
