@@ -5,6 +5,7 @@
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use sanctum_common::text::truncate;
 
 use crate::crd::{Phase, RunResult, ScannerRun, ScannerRunStatus};
 use crate::objects::BuildError;
@@ -132,16 +133,22 @@ pub fn summary_error(message: Option<&str>) -> Option<String> {
     }
     let text = message.map(str::trim).filter(|m| m.len() <= MAX_SUMMARY_BYTES)?;
     let error = serde_json::from_str::<WithError>(text).ok()?.error?;
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-    };
-    let clean: String = error.chars().map(|c| if hidden(c) { ' ' } else { c }).collect();
+    let clean = printable(&error);
     let clean = clean.trim();
     if clean.is_empty() {
         return None;
     }
-    Some(head(clean, MAX_ERROR_BYTES))
+    Some(truncate(clean, MAX_ERROR_BYTES))
+}
+
+/// `text` with control and bidirectional-formatting characters turned into spaces, so text
+/// from a pod (the scanner's error, the scheduler's message) cannot reshape a status line.
+fn printable(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    text.chars().map(|c| if hidden(c) { ' ' } else { c }).collect()
 }
 
 fn statuses(pod: &Pod, init: bool) -> &[ContainerStatus] {
@@ -255,24 +262,12 @@ fn scheduling(pod: &Pod) -> Option<Scheduling> {
         None if scheduled => "the scheduler placed the pod on a node",
         None => "the scheduler gave no reason",
     };
-    let message: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let message = printable(message);
     Some(Scheduling {
         scheduled,
         reason: reason.into(),
-        message: head(&message, MAX_SCHEDULER_MESSAGE),
+        message: truncate(&message, MAX_SCHEDULER_MESSAGE),
     })
-}
-
-/// The start of `text`, at most `max` bytes (cut on a character boundary, marked `…`).
-fn head(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max - '…'.len_utf8();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 pub fn observe(pod: &Pod) -> Observation {

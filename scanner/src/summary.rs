@@ -3,6 +3,7 @@
 //! "turns":5,"model":"…","sarif":"/output/results.sarif","error":"…"}`, at most 4 KiB
 //! (the kubelet keeps no more of `/dev/termination-log`).
 
+use sanctum_common::text::truncate;
 use serde::{Deserialize, Serialize};
 
 use crate::finding::{Finding, Severity};
@@ -87,17 +88,6 @@ impl Summary {
             }
         }
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
