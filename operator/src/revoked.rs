@@ -64,7 +64,7 @@ impl Revoked {
 
     /// Whether changes were made since the last recorded save.
     pub fn is_dirty(&self) -> bool {
-        self.saved.load(Ordering::Acquire) < self.changes.load(Ordering::Acquire)
+        self.unsaved().is_some()
     }
 
     /// The change number a save about to be built covers, or `None` when there is nothing
